@@ -45,3 +45,13 @@ def all_vendors() -> list["Vendor"]:
 
 def client_for(account: "Account", **kwargs: Any) -> "VendorClient":
     return load(account.vendor).Client(account, **kwargs)
+
+
+def optional_module(vendor: str, name: str) -> ModuleType | None:
+    """A vendor's optional part (``feeds``, ``neutral``, ``recordings``), or None if it has none."""
+    try:
+        return importlib.import_module(f"{__name__}.{vendor}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__name__}.{vendor}.{name}":
+            return None
+        raise

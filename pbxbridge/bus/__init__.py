@@ -1,0 +1,73 @@
+"""The bus: one NATS connection, JetStream, subjects, and the embedded server when no URL is set."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from pbxbridge.bus.embedded import EmbeddedNats
+from pbxbridge.bus.envelope import CloudEvent
+from pbxbridge.bus.infra import Names, ensure_all
+from pbxbridge.bus.subjects import Subjects
+from pbxbridge.config import Settings
+
+log = logging.getLogger("pbxbridge.bus")
+
+
+@dataclass
+class Bus:
+    settings: Settings
+    nc: NatsClient
+    js: JetStreamContext
+    subjects: Subjects
+    names: Names
+    url: str
+
+    async def publish(self, subject: str, event: CloudEvent, *, timeout: float = 5.0):
+        """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``)."""
+        headers, body = event.to_nats()
+        return await self.js.publish(subject, body, headers=headers, timeout=timeout)
+
+
+async def connect_nats(url: str, *, name: str = "pbxbridge") -> NatsClient:
+    async def on_disconnect() -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def on_reconnect() -> None:
+        log.info("reconnected to NATS")
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS error: %s", exc)
+
+    return await nats.connect(
+        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
+    )
+
+
+@asynccontextmanager
+async def open_bus(settings: Settings, *, name: str = "pbxbridge") -> AsyncIterator[Bus]:
+    """Connect (starting the embedded nats-server if no URL is set) and ensure the streams exist."""
+    embedded = None
+    url = settings.nats_url
+    if not url:
+        embedded = EmbeddedNats(settings.data_dir / "nats")
+        url = await embedded.start()
+        log.info("embedded nats-server with JetStream on %s (data in %s)", url, embedded.data_dir)
+    try:
+        nc = await connect_nats(url, name=name)
+        try:
+            js = nc.jetstream()
+            await ensure_all(js, settings)
+            yield Bus(settings, nc, js, Subjects(settings.prefix), Names(settings.prefix), url)
+        finally:
+            await nc.drain()
+    finally:
+        if embedded:
+            await embedded.stop()

@@ -1,0 +1,109 @@
+"""CloudEvents 1.0 over NATS, binary content mode: the body is the event's data (JSON) and
+every context attribute is a ``ce-<name>`` header. The event id doubles as ``Nats-Msg-Id`` so
+JetStream drops a re-published duplicate inside its duplicate window.
+
+The ``cloudevents`` SDK has HTTP and Kafka bindings but none for NATS; this module is the
+binding, kept to the spec's attribute rules.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic_core import from_json, to_json
+
+SPECVERSION = "1.0"
+_NAMESPACE = uuid.UUID("6f1c2b1e-4a57-4c1e-9a43-3c0d5b7f2a10")  # pbxbridge's, fixed forever
+_REQUIRED = ("specversion", "id", "source", "type")
+_OPTIONAL = ("time", "subject", "dataschema", "datacontenttype")
+
+
+class EnvelopeError(ValueError):
+    """A message that is not a valid CloudEvent in NATS binary mode."""
+
+
+def deterministic_id(*natural_key: object) -> str:
+    """The same record always gets the same id: vendor, account, feed, the record's key."""
+    return str(uuid.uuid5(_NAMESPACE, "\x1f".join(str(p) for p in natural_key)))
+
+
+def schema_uri(ce_type: str) -> str:
+    """``pbx.sms.received.v1`` -> the JSON Schema shipped in ``schemas/``."""
+    return f"https://pbxbridge.dev/schemas/{ce_type}.json"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class CloudEvent:
+    type: str
+    source: str
+    data: Any
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: datetime = field(default_factory=utcnow)
+    subject: str | None = None
+    dataschema: str | None = None
+    datacontenttype: str = "application/json"
+    extensions: dict[str, str] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, str]:
+        h = {
+            "ce-specversion": SPECVERSION,
+            "ce-id": self.id,
+            "ce-source": self.source,
+            "ce-type": self.type,
+            "ce-time": self.time.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "ce-datacontenttype": self.datacontenttype,
+            "Nats-Msg-Id": self.id,
+        }
+        if self.subject is not None:
+            h["ce-subject"] = self.subject
+        if self.dataschema is not None:
+            h["ce-dataschema"] = self.dataschema
+        for name, value in self.extensions.items():
+            if not name.isalnum() or not name.islower():
+                raise EnvelopeError(f"extension names are lower-case alphanumeric: {name!r}")
+            h[f"ce-{name}"] = value
+        return h
+
+    def body(self) -> bytes:
+        return to_json(self.data)
+
+    def to_nats(self) -> tuple[dict[str, str], bytes]:
+        return self.headers(), self.body()
+
+    @classmethod
+    def from_nats(cls, headers: dict[str, str] | None, body: bytes) -> "CloudEvent":
+        headers = headers or {}
+        missing = [a for a in _REQUIRED if not headers.get(f"ce-{a}")]
+        if missing:
+            raise EnvelopeError(f"missing CloudEvents header(s): {', '.join('ce-' + m for m in missing)}")
+        if headers["ce-specversion"] != SPECVERSION:
+            raise EnvelopeError(f"unsupported ce-specversion {headers['ce-specversion']!r}")
+        try:
+            data = from_json(body) if body else None
+        except ValueError:
+            raise EnvelopeError("body is not valid JSON") from None
+        when = utcnow()
+        if headers.get("ce-time"):
+            try:
+                when = datetime.fromisoformat(headers["ce-time"].replace("Z", "+00:00"))
+            except ValueError:
+                raise EnvelopeError(f"ce-time is not RFC 3339: {headers['ce-time']!r}") from None
+        known = {f"ce-{a}" for a in _REQUIRED + _OPTIONAL}
+        return cls(
+            type=headers["ce-type"],
+            source=headers["ce-source"],
+            id=headers["ce-id"],
+            data=data,
+            time=when,
+            subject=headers.get("ce-subject"),
+            dataschema=headers.get("ce-dataschema"),
+            datacontenttype=headers.get("ce-datacontenttype", "application/json"),
+            extensions={k[3:]: v for k, v in headers.items() if k.startswith("ce-") and k not in known},
+        )
