@@ -1,6 +1,8 @@
 """What pbxbridge keeps on the bus, created idempotently at start-up from the settings.
 
-Streams: events (limits), commands (work queue), results (limits), dead letters (limits).
+Streams: events (limits), commands (work queue), jobs (work queue: the commander hands
+``recording.fetch`` to the recordings worker there, so every command still passes one gate),
+results (limits), dead letters (limits).
 KV: poller cursors and seen-sets, feed leases (entries expire unless renewed), the command
 ledger (command id -> outcome), shared vendor tokens. Object Store: recordings.
 """
@@ -37,6 +39,10 @@ class Names:
     @property
     def commands(self) -> str:
         return f"{self.prefix.upper()}_COMMANDS"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix.upper()}_JOBS"
 
     @property
     def results(self) -> str:
@@ -77,6 +83,10 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
         ),
         StreamConfig(
             name=names.commands, subjects=[subjects.all_commands], retention=RetentionPolicy.WORK_QUEUE,
+            max_age=settings.results_max_age, **common,
+        ),
+        StreamConfig(
+            name=names.jobs, subjects=[subjects.all_jobs], retention=RetentionPolicy.WORK_QUEUE,
             max_age=settings.results_max_age, **common,
         ),
         StreamConfig(

@@ -36,6 +36,11 @@ class Subjects:
         _check(kind, vendor, account, what)
         return f"{self.prefix}.dlq.{kind}.{vendor}.{account}.{what}"
 
+    def job(self, worker: str, vendor: str, account: str) -> str:
+        """Work handed from the commander to a specialised worker (``recordings``)."""
+        _check(worker, vendor, account)
+        return f"{self.prefix}.jobs.{worker}.{vendor}.{account}"
+
     # wildcards, for streams and consumers
     @property
     def all_events(self) -> str:
@@ -48,6 +53,10 @@ class Subjects:
     @property
     def all_results(self) -> str:
         return f"{self.prefix}.results.>"
+
+    @property
+    def all_jobs(self) -> str:
+        return f"{self.prefix}.jobs.>"
 
     @property
     def all_dead_letters(self) -> str:
