@@ -131,6 +131,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PBX_", extra="ignore")
     nats_url: str | None = Field(None, description="join this NATS cluster; unset: start an embedded nats-server")
+    embedded_port: int = Field(4222, ge=0, description="embedded nats-server port; a free one if taken")
     prefix: str = Field("pbx", pattern=r"^[A-Za-z0-9_-]+$")
     config: Path | None = Field(None, description="accounts file (TOML)")
     data_dir: Path = Field(Path(".pbxbridge"), description="embedded NATS storage, local scratch")

@@ -11,7 +11,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from pbxbridge.bus.embedded import EmbeddedNats
+from pbxbridge.bus.embedded import EmbeddedNats, port_is_free
 from pbxbridge.bus.envelope import CloudEvent
 from pbxbridge.bus.infra import Names, ensure_all
 from pbxbridge.bus.subjects import Subjects
@@ -57,7 +57,8 @@ async def open_bus(settings: Settings, *, name: str = "pbxbridge") -> AsyncItera
     embedded = None
     url = settings.nats_url
     if not url:
-        embedded = EmbeddedNats(settings.data_dir / "nats")
+        port = settings.embedded_port if port_is_free(settings.embedded_port) else 0
+        embedded = EmbeddedNats(settings.data_dir / "nats", port=port)
         url = await embedded.start()
         log.info("embedded nats-server with JetStream on %s (data in %s)", url, embedded.data_dir)
     try:
