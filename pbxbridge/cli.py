@@ -90,6 +90,9 @@ def run(
     if not cfg.accounts:
         _fail("no accounts configured: pass --config or set PBX_CONFIG (see examples/pbxbridge.toml)")
     names = list(SERVICES) if service is Service.all else [service.value]
+    from pbxbridge import telemetry
+
+    telemetry.setup(service.value)
 
     async def main() -> None:
         from pbxbridge.bus import open_bus
