@@ -16,7 +16,7 @@ import email.utils
 import json
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -54,14 +54,31 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class TokenStore(Protocol):
+    """Where replicas share a vendor session token (the bus's ``tokens`` KV bucket)."""
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def put(self, key: str, token: str) -> None: ...
+
+    async def discard(self, key: str, token: str) -> None: ...
+
+
 class VendorClient:
     """Base class; one instance per account, shared by every task that talks to that account."""
 
     vendor: ClassVar[Vendor]
     login_operation: ClassVar[str | None] = None  # the declared operation ``login`` calls, if any
 
-    def __init__(self, account: Account, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        account: Account,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        token_store: TokenStore | None = None,
+    ) -> None:
         self.account = account
+        self.token_store = token_store
         opts = account.options
         register_secrets(account.secret(n) for n in account.credentials)
         self._http = httpx.AsyncClient(
@@ -97,7 +114,8 @@ class VendorClient:
                 if attempt == 2:
                     raise VendorAuthError("credentials refused after logging in again", **self._where(op)) from None
                 log.info("%s: session expired, logging in again", self._label(op))
-                register_secrets([self.token])
+                if self.token_store is not None and self.token:
+                    await self.token_store.discard(self.account.key, self.token)
                 self.token = None
                 continue
             return self.parse_reply(op, payload)
@@ -137,9 +155,15 @@ class VendorClient:
         if self.token is not None or not self.needs_login():
             return
         async with self._login_lock:
+            if self.token is not None:
+                return
+            if self.token_store is not None:
+                self.token = await self.token_store.get(self.account.key)
             if self.token is None:
                 self.token = await self.login()
-                register_secrets([self.token])
+                if self.token_store is not None:
+                    await self.token_store.put(self.account.key, self.token)
+            register_secrets([self.token])
 
     def needs_login(self) -> bool:
         return self.login_operation is not None
