@@ -240,8 +240,11 @@ def simulate(
         url = await sim.start(host, port)
         username, creds = sim.account_credentials()
         typer.echo(f"{vendor} simulator on {url}")
-        typer.echo(f"  accepts username={username!r} credentials={sorted(creds)} (simulator defaults)")
-        typer.echo(f"  control: GET/POST {url.split('/', 3)[0]}//{host}:{port}/_sim/faults, POST /_sim/expire-tokens, /_sim/tick")
+        # These are the simulator's fixed development credentials, not anyone's secrets.
+        typer.echo(f"  account: base_url = \"{url}\", username = {username!r}, credentials (simulator defaults):")
+        for name, value in creds.items():
+            typer.echo(f"    {name} = {value}")
+        typer.echo(f"  control: GET/POST http://{host}:{port}/_sim/faults, POST /_sim/expire-tokens, POST /_sim/tick")
         stop = asyncio.Event()
         _stop_on_signals(stop)
         try:
