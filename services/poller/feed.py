@@ -1,0 +1,68 @@
+"""The declaration of one feed: a kind of vendor record the poller turns into events.
+
+A vendor writes one ``Feed`` per kind of record in ``pbxbridge/vendors/<vendor>/feeds.py``;
+nothing in ``services/`` names a vendor. The declaration says how to fetch a page of
+records newer than a point in time, what identifies a record (its natural key), when it
+happened, and how to build the event data from it. The poller does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pbxbridge.events import EventData
+
+if TYPE_CHECKING:
+    from pbxbridge.config import Account
+    from pbxbridge.vendors.client import VendorClient
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class FetchWindow:
+    """What the poller asks a feed for: records at or after ``since`` (UTC), at most ``limit``.
+
+    A vendor that can only return "the latest N" (Yemot) must return the *latest* ``limit``
+    records; when a full page does not reach back to ``since`` the poller asks again with a
+    bigger limit, so nothing between two polls is skipped."""
+
+    since: datetime
+    limit: int
+
+
+@dataclass(frozen=True)
+class Feed(Generic[R]):
+    """One kind of vendor record, declared once.
+
+    ``build`` returns the event's own fields (everything but vendor, account, key and
+    occurred_at, which the poller fills in from ``key`` and ``time``), including ``original``.
+    """
+
+    name: str  # stable: it is part of event ids, cursor and lease keys
+    event: type[EventData]
+    fetch: Callable[["VendorClient", FetchWindow], Awaitable[Sequence[R]]]
+    key: Callable[[R], str]
+    time: Callable[[R], datetime]  # timezone-aware
+    build: Callable[[R, "Account"], dict[str, Any]]
+    newest_first: bool = False  # the vendor lists the latest record first (a log)
+    page_size: int = 1000  # first limit asked for; grows while pages come back full
+    max_page: int = 200_000  # beyond this a backlog is taken newest-first, with a warning
+    lookback: float = 120.0  # seconds before the cursor where late records are still accepted
+    max_seen: int = 5000  # records remembered for the lookback (restarts beyond the dedupe window)
+    backfill: float = 86400.0  # first start: publish records this many seconds old
+
+    def matches(self, names: Sequence[str] | None) -> bool:
+        """An account's ``options.feeds`` may name the feed or the event it produces."""
+        return names is None or self.name in names or self.event.event in names
+
+
+def feeds_of(vendor: str) -> list[Feed]:
+    """The vendor's declared feeds (``pbxbridge/vendors/<vendor>/feeds.py``), or none."""
+    from pbxbridge.vendors import optional_module
+
+    module = optional_module(vendor, "feeds")
+    return list(getattr(module, "FEEDS", [])) if module is not None else []

@@ -1,0 +1,313 @@
+"""One feed of one account: poll on a deadline schedule, publish new records in order,
+advance the cursor over acknowledged events only, report health; and the supervisor that
+runs it only while this replica holds the feed's lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections import Counter as Tally
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import nats.errors
+from opentelemetry import metrics
+from pydantic import ValidationError
+
+from pbxbridge.bus import Bus
+from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri
+from pbxbridge.config import Account
+from pbxbridge.events import FeedHealth
+from pbxbridge.vendors.client import VendorClient
+from pbxbridge.vendors.errors import (
+    MalformedReplyError,
+    VendorAuthError,
+    VendorError,
+    VendorRateLimited,
+)
+from services.poller.cursor import Cursor, CursorStore, LostOwnership
+from services.poller.feed import Feed, FetchWindow
+from services.poller.lease import Lease
+from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order
+
+log = logging.getLogger("pbxbridge.poller")
+
+_BUS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
+OK = "recovered"  # the health status of a feed that works
+
+
+class Meters:
+    """The poller's OpenTelemetry instruments (the global provider unless a meter is given)."""
+
+    def __init__(self, meter: metrics.Meter | None = None) -> None:
+        meter = meter or metrics.get_meter("pbxbridge.poller")
+        self.published = meter.create_counter("pbx.poller.events.published", unit="{event}", description="events acknowledged by JetStream")
+        self.feed_errors = meter.create_counter("pbx.poller.feed.errors", unit="{poll}", description="polls that failed, by status")
+        self.malformed = meter.create_counter("pbx.poller.malformed_replies", unit="{reply}", description="vendor replies that broke the feed's model")
+        self.publish_retries = meter.create_counter("pbx.poller.publish.retries", unit="{retry}", description="publish runs interrupted by the bus")
+        self.gaps = meter.create_counter("pbx.poller.backlog.truncated", unit="{poll}", description="polls whose backlog exceeded the feed's max page")
+
+
+@dataclass
+class Tuning:
+    """Knobs tests and benchmarks turn; defaults suit production."""
+
+    window: int = 1000  # publish_async messages in flight
+    ack_timeout: float = 5.0
+    checkpoint_every: int = 2000  # cursor writes during a long batch
+    jitter: float = 0.1  # fraction of the interval added at random to each deadline
+    retry_backoff: float = 0.5  # first wait after the bus dropped a publish run; doubles to 5 s
+
+
+def status_of(exc: BaseException) -> str:
+    if isinstance(exc, (MalformedReplyError, ValidationError, ValueError, KeyError, TypeError)):
+        return "malformed_reply"
+    if isinstance(exc, VendorAuthError):
+        return "auth_failed"
+    return "vendor_unavailable"
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, VendorError):
+        info = exc.as_dict()
+        if isinstance(exc, MalformedReplyError):
+            info["excerpt"] = exc.excerpt
+        return info
+    return {"kind": "malformed_reply", "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds``; True if ``stop`` was set meanwhile."""
+    if seconds > 0:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
+
+
+class FeedPoller:
+    """Polls one feed while its lease is held. ``run`` raises LostOwnership if another
+    replica wrote the cursor."""
+
+    def __init__(
+        self, bus: Bus, account: Account, client: VendorClient, feed: Feed, store: CursorStore,
+        *, meters: Meters, tuning: Tuning | None = None,
+    ) -> None:
+        self.bus, self.account, self.client, self.feed, self.store = bus, account, client, feed, store
+        self.meters, self.tuning = meters, tuning or Tuning()
+        self.attrs = {"vendor": account.vendor, "account": account.id, "feed": feed.name}
+        self.subject = bus.subjects.event(account.vendor, account.id, feed.event.event)
+        self.health_subject = bus.subjects.event(account.vendor, account.id, FeedHealth.event)
+        self.source = f"pbxbridge/{account.vendor}/{account.id}"
+        self.cursor: Cursor | None = None
+        self.cursor_dirty = False  # advanced in memory, not yet written (bus trouble)
+        self.reported = OK
+
+    # ---- one poll ------------------------------------------------------------------------
+
+    async def load_cursor(self) -> None:
+        self.cursor = await self.store.load() or Cursor.initial(time.time(), self.feed.backfill)
+
+    async def poll_once(self, stop: asyncio.Event) -> float | None:
+        """Fetch, publish, advance. Returns a minimum delay before the next poll, if any."""
+        if self.cursor is None:
+            await self.load_cursor()
+        if self.cursor_dirty:
+            await self.save_cursor()
+        try:
+            records = await self.fetch_new()
+            messages, stamps = self.build(records)
+        except (VendorError, ValidationError, ValueError, KeyError, TypeError) as exc:
+            await self.failed(exc)
+            return getattr(exc, "retry_after", None) if isinstance(exc, VendorRateLimited) else None
+        if self.reported != OK:
+            await self.report(OK, None)
+        await self.publish(messages, stamps, stop)
+        return None
+
+    async def fetch_new(self) -> list[tuple[float, str, Any]]:
+        """The records the cursor has not seen, as (time, key, record), oldest first."""
+        feed, floor = self.feed, self.cursor.floor
+        since = datetime.fromtimestamp(floor, timezone.utc)
+        limit = feed.page_size
+        while True:
+            rows = await feed.fetch(self.client, FetchWindow(since, limit))
+            stamped = [(feed.time(r).timestamp(), feed.key(r), r) for r in rows]
+            reaches_back = not stamped or min(t for t, _, _ in stamped) < floor
+            if len(rows) < limit or reaches_back:
+                break
+            if limit >= feed.max_page:
+                self.meters.gaps.add(1, self.attrs)
+                log.warning("%s: more than %d records since the cursor; taking the newest", self.label, limit)
+                break
+            limit = min(limit * 4, feed.max_page)
+        if feed.newest_first:
+            stamped.reverse()
+        # Stable sort: records of the same instant keep the vendor's (arrival) order.
+        stamped.sort(key=lambda s: s[0])
+        return [s for s in _number_repeats(stamped) if self.cursor.is_new(s[0], s[1])]
+
+    def build(self, records: list[tuple[float, str, Any]]) -> tuple[list[Outgoing], list[tuple[float, str]]]:
+        feed, account = self.feed, self.account
+        ce_type, schema = feed.event.ce_type(), schema_uri(feed.event.ce_type())
+        messages, stamps = [], []
+        for when, key, record in records:
+            occurred = datetime.fromtimestamp(when, timezone.utc)
+            data = feed.event.model_validate(
+                {"vendor": account.vendor, "account": account.id, "key": key, "occurred_at": occurred,
+                 **feed.build(record, account)}
+            ).model_dump(mode="json", by_alias=True)
+            event = CloudEvent(
+                type=ce_type, source=self.source, data=data, time=occurred, dataschema=schema,
+                id=deterministic_id(account.vendor, account.id, feed.name, key),
+            )
+            headers, body = event.to_nats()
+            messages.append(Outgoing(self.subject, headers, body))
+            stamps.append((when, key))
+        return messages, stamps
+
+    async def publish(self, messages: list[Outgoing], stamps: list[tuple[float, str]], stop: asyncio.Event) -> None:
+        """Publish until every message is acked (or stop); the cursor follows the acks."""
+        committed = 0
+
+        async def checkpoint(acked: int) -> None:
+            nonlocal committed
+            self.cursor.advance(stamps[committed:acked], lookback=self.feed.lookback, max_seen=self.feed.max_seen)
+            self.meters.published.add(acked - committed, self.attrs)
+            committed = acked
+            await self.save_cursor()
+
+        backoff = self.tuning.retry_backoff
+        while committed < len(messages):
+            try:
+                await publish_in_order(
+                    self.bus.js, messages, start=committed, window=self.tuning.window,
+                    ack_timeout=self.tuning.ack_timeout, checkpoint_every=self.tuning.checkpoint_every,
+                    on_acked=checkpoint,
+                )
+            except PublishInterrupted as exc:
+                if exc.acked > committed:
+                    await checkpoint(exc.acked)
+                self.meters.publish_retries.add(1, self.attrs)
+                log.warning("%s: bus did not confirm (%s); retrying from event %d of %d",
+                            self.label, exc.cause, committed, len(messages))
+                if await wait_or_stop(stop, backoff):
+                    return
+                backoff = min(backoff * 2, 5.0)
+        if messages:
+            log.info("%s: published %d event(s)", self.label, len(messages))
+
+    async def save_cursor(self) -> None:
+        try:
+            await self.store.save(self.cursor)
+            self.cursor_dirty = False
+        except LostOwnership:
+            raise
+        except _BUS_ERRORS as exc:
+            # The events are stored; a later write covers them, and until then a restart
+            # re-publishes ids JetStream still remembers.
+            self.cursor_dirty = True
+            log.warning("%s: cursor not saved yet: %s", self.label, exc)
+
+    # ---- health ----------------------------------------------------------------------------
+
+    async def failed(self, exc: BaseException) -> None:
+        status = status_of(exc)
+        self.meters.feed_errors.add(1, {**self.attrs, "status": status})
+        if status == "malformed_reply":
+            self.meters.malformed.add(1, self.attrs)
+        log.warning("%s: poll failed (%s): %s", self.label, status, exc)
+        await self.report(status, error_info(exc))
+
+    async def report(self, status: str, error: dict[str, Any] | None) -> None:
+        """A ``feed.health`` event when the feed's status changes (best effort)."""
+        if status == self.reported:
+            return
+        now = datetime.now(timezone.utc)
+        data = FeedHealth(
+            vendor=self.account.vendor, account=self.account.id, key=f"{self.feed.name}:{status}",
+            occurred_at=now, original=None, feed=self.feed.name, status=status, error=error,
+        ).model_dump(mode="json", by_alias=True)
+        event = CloudEvent(type=FeedHealth.ce_type(), source=self.source, data=data, time=now,
+                           id=str(uuid.uuid4()), dataschema=schema_uri(FeedHealth.ce_type()))
+        try:
+            await self.bus.publish(self.health_subject, event)
+            self.reported = status
+        except _BUS_ERRORS as exc:
+            log.warning("%s: health event not published: %s", self.label, exc)
+
+    # ---- schedule --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll by deadline (start + k * interval, plus jitter), never sleep-after-poll."""
+        interval = self.account.options.poll_interval
+        await self.load_cursor()
+        deadline = time.monotonic()
+        while not stop.is_set():
+            jitter = random.uniform(0, self.tuning.jitter * interval)
+            if await wait_or_stop(stop, deadline + jitter - time.monotonic()):
+                return
+            hold_off = await self.poll_once(stop)
+            deadline += interval
+            now = time.monotonic()
+            if deadline < now:  # a slow poll: skip missed deadlines rather than burst
+                deadline = now
+            if hold_off:
+                deadline = max(deadline, now + hold_off)
+
+    @property
+    def label(self) -> str:
+        return f"{self.account.vendor}/{self.account.id}/{self.feed.name}"
+
+
+def _number_repeats(stamped: list[tuple[float, str, Any]]) -> list[tuple[float, str, Any]]:
+    """Identical records (same natural key) are told apart by their order of arrival:
+    ``key``, ``key#2``... (``stamped`` is in arrival order)."""
+    counts = Tally(key for _, key, _ in stamped)
+    if all(n == 1 for n in counts.values()):
+        return stamped
+    seen: Tally[str] = Tally()
+    out = []
+    for when, key, record in stamped:
+        seen[key] += 1
+        out.append((when, key if seen[key] == 1 else f"{key}#{seen[key]}", record))
+    return out
+
+
+class FeedSupervisor:
+    """Holds the feed's lease while polling it; lets go (or loses it) and waits its turn."""
+
+    def __init__(self, bus: Bus, lease: Lease, poller: FeedPoller) -> None:
+        self.bus, self.lease, self.poller = bus, lease, poller
+
+    async def run(self, stop: asyncio.Event) -> None:
+        every = self.lease.ttl / 3
+        label = self.poller.label
+        try:
+            while not stop.is_set():
+                if not await self.lease.acquire():
+                    await wait_or_stop(stop, every * random.uniform(0.5, 1.0))
+                    continue
+                log.info("%s: lease taken by %s", label, self.lease.owner)
+                polling = asyncio.create_task(self.poller.run(stop), name=f"poll {label}")
+                while not polling.done():
+                    await asyncio.wait([polling], timeout=every)
+                    if not polling.done() and not await self.lease.renew():
+                        log.warning("%s: lease lost; stopping", label)
+                        polling.cancel()
+                        await asyncio.gather(polling, return_exceptions=True)
+                if not polling.cancelled() and polling.exception() is not None:
+                    exc = polling.exception()
+                    if isinstance(exc, LostOwnership):
+                        log.warning("%s: another replica wrote the cursor; letting go", label)
+                    else:
+                        log.error("%s: poller failed; restarting it", label, exc_info=exc)
+                    self.lease.revision = None
+                    await wait_or_stop(stop, every)
+        finally:
+            await self.lease.release()

@@ -1,0 +1,53 @@
+"""Wiring only: every configured account's feeds, each under its lease, until ``stop``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from opentelemetry import metrics
+
+from pbxbridge.bus import Bus
+from pbxbridge.bus.tokens import KvTokenStore
+from pbxbridge.config import Config
+from pbxbridge.vendors import client_for
+from services.poller.cursor import CursorStore
+from services.poller.feed import feeds_of
+from services.poller.lease import Lease
+from services.poller.runner import FeedPoller, FeedSupervisor, Meters, Tuning
+
+log = logging.getLogger("pbxbridge.poller")
+
+
+async def serve(
+    config: Config, bus: Bus, stop: asyncio.Event, *,
+    tuning: Tuning | None = None, meter: metrics.Meter | None = None,
+) -> None:
+    settings, names = config.settings, bus.names
+    cursors = await bus.js.key_value(names.cursors)
+    leases = await bus.js.key_value(names.leases)
+    tokens = KvTokenStore(await bus.js.key_value(names.tokens))
+    meters = Meters(meter)
+    clients, supervisors = [], []
+    for account in config.accounts:
+        wanted = account.options.feeds
+        feeds = [f for f in feeds_of(account.vendor) if f.matches(wanted)]
+        unknown = set(wanted or ()) - {n for f in feeds for n in (f.name, f.event.event)}
+        if unknown:
+            log.warning("%s: no such feed(s): %s", account.key, ", ".join(sorted(unknown)))
+        if not feeds:
+            continue
+        client = client_for(account, token_store=tokens)
+        clients.append(client)
+        for feed in feeds:
+            key = f"{account.vendor}.{account.id}.{feed.name}"
+            poller = FeedPoller(
+                bus, account, client, feed, CursorStore(cursors, key, settings.instance), meters=meters, tuning=tuning,
+            )
+            supervisors.append(FeedSupervisor(bus, Lease(leases, key, settings.instance, settings.lease_ttl), poller))
+    log.info("poller %s: %d feed(s) over %d account(s)", settings.instance, len(supervisors), len(clients))
+    try:
+        await asyncio.gather(*(s.run(stop) for s in supervisors), stop.wait())
+    finally:
+        for client in clients:
+            await client.aclose()
