@@ -41,21 +41,23 @@ async def publish_in_order(
     ack_timeout: float = 5.0,
     checkpoint_every: int = 2000,
     on_acked: Callable[[int], Awaitable[None]],
-) -> None:
+) -> int:
     """Publish ``messages[start:]``; raise ``PublishInterrupted`` on the first missing ack.
 
     Every message carries its ``Nats-Msg-Id``, so publishing again from ``e.acked`` after an
-    interruption stores nothing twice even when an ack, not the message, was lost."""
+    interruption stores nothing twice even when an ack, not the message, was lost.
+    Returns how many of them JetStream already had (acked as duplicates)."""
     pending: deque[asyncio.Future] = deque()
     acked = reported = start
+    duplicates = 0
 
     async def settle_oldest() -> None:
-        nonlocal acked, reported
+        nonlocal acked, reported, duplicates
         future = pending.popleft()
         try:
             if not future.done():
                 await asyncio.wait_for(future, ack_timeout)
-            future.result()  # raises the server's error, if any
+            duplicates += future.result().duplicate or 0  # result() raises the server's error, if any
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():  # we are being stopped
                 raise
@@ -86,3 +88,4 @@ async def publish_in_order(
             future.cancel()  # frees nats-py's in-flight slot; the message may still be stored
     if acked > reported:
         await on_acked(acked)
+    return duplicates

@@ -182,10 +182,10 @@ class FeedPoller:
             committed = acked
             await self.save_cursor()
 
-        backoff = self.tuning.retry_backoff
+        backoff, duplicates = self.tuning.retry_backoff, 0
         while committed < len(messages):
             try:
-                await publish_in_order(
+                duplicates += await publish_in_order(
                     self.bus.js, messages, start=committed, window=self.tuning.window,
                     ack_timeout=self.tuning.ack_timeout, checkpoint_every=self.tuning.checkpoint_every,
                     on_acked=checkpoint,
@@ -194,13 +194,14 @@ class FeedPoller:
                 if exc.acked > committed:
                     await checkpoint(exc.acked)
                 self.meters.publish_retries.add(1, self.attrs)
-                log.warning("%s: bus did not confirm (%s); retrying from event %d of %d",
+                log.warning("%s: bus did not confirm (%r); retrying from event %d of %d",
                             self.label, exc.cause, committed, len(messages))
                 if await wait_or_stop(stop, backoff):
                     return
                 backoff = min(backoff * 2, 5.0)
         if messages:
-            log.info("%s: published %d event(s)", self.label, len(messages))
+            log.info("%s: published %d event(s)%s", self.label, len(messages),
+                     f", {duplicates} already on the bus" if duplicates else "")
 
     async def save_cursor(self) -> None:
         try:

@@ -1,0 +1,136 @@
+"""Helpers for the poller's tests: waiting on conditions, reading the events stream, running
+the poller in-process or as a real subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from pydantic_core import from_json
+
+from pbxbridge.bus import Bus
+from pbxbridge.config import Account, Config, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def sms_subject(bus: Bus, account: str = "acme") -> str:
+    return bus.subjects.event("yemot", account, "sms.received")
+
+
+def health_subject(bus: Bus, account: str = "acme") -> str:
+    return bus.subjects.event("yemot", account, "feed.health")
+
+
+async def count(bus: Bus, subject: str) -> int:
+    info = await bus.js.stream_info(bus.names.events, subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)
+
+
+@dataclass
+class Stored:
+    subject: str
+    headers: dict[str, str]
+    data: Any
+
+
+async def read_all(bus: Bus, subject: str) -> list[Stored]:
+    """Every message stored on ``subject``, in stream order."""
+    config = ConsumerConfig(ack_policy=AckPolicy.NONE)  # read-only: nothing to acknowledge
+    sub = await bus.js.pull_subscribe(subject, stream=bus.names.events, config=config)
+    try:
+        pending = (await sub.consumer_info()).num_pending
+        out: list[Stored] = []
+        while len(out) < pending:
+            for m in await sub.fetch(min(1000, pending - len(out)), timeout=5):
+                out.append(Stored(m.subject, dict(m.headers or {}), from_json(m.data)))
+        return out
+    finally:
+        await sub.unsubscribe()
+
+
+def metric_reader() -> tuple[InMemoryMetricReader, Any]:
+    reader = InMemoryMetricReader()
+    return reader, MeterProvider(metric_readers=[reader]).get_meter("test.poller")
+
+
+def metric_sum(reader: InMemoryMetricReader, name: str, **attrs: str) -> float:
+    data = reader.get_metrics_data()
+    total = 0.0
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name != name:
+                    continue
+                for point in metric.data.data_points:
+                    if all(point.attributes.get(k) == v for k, v in attrs.items()):
+                        total += point.value
+    return total
+
+
+@contextlib.asynccontextmanager
+async def running_poller(config: Config, bus: Bus, **kwargs: Any) -> AsyncIterator[asyncio.Task]:
+    """``worker.serve`` in a task; stopped cleanly (and checked for crashes) on exit."""
+    from services.poller.worker import serve
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, bus, stop, **kwargs))
+    try:
+        yield task
+        assert not task.done(), f"poller stopped on its own: {task.exception() if task.done() else ''}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+def write_config(path: Path, account: Account) -> dict[str, str]:
+    """A TOML accounts file for ``account``; returns the environment carrying its secret."""
+    opts = account.options
+    path.write_text(
+        "[[accounts]]\n"
+        f'vendor = "{account.vendor}"\nid = "{account.id}"\nbase_url = "{account.base_url}"\n'
+        f'username = "{account.username}"\n'
+        'credentials = { password = { env = "TEST_YEMOT_PASSWORD" } }\n'
+        f"options = {{ poll_interval = {opts.poll_interval}, phone_region = \"{opts.phone_region}\" }}\n"
+    )
+    return {"TEST_YEMOT_PASSWORD": account.secret("password") or ""}
+
+
+async def start_subprocess(settings: Settings, config_path: Path, instance: str, secrets: dict[str, str]) -> asyncio.subprocess.Process:
+    """``python -m services.poller`` against the test server, as its own process."""
+    env = {
+        **os.environ, **secrets,
+        "PBX_NATS_URL": settings.nats_url or "", "PBX_PREFIX": settings.prefix, "PBX_CONFIG": str(config_path),
+        "PBX_INSTANCE": instance, "PBX_LEASE_TTL": str(settings.lease_ttl),
+        "PBX_DUPLICATE_WINDOW": str(settings.duplicate_window), "PBX_DATA_DIR": str(settings.data_dir),
+    }
+    log = open(config_path.parent / f"poller-{instance}.log", "wb")
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.poller", cwd=REPO, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+    )
+
+

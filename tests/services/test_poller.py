@@ -1,0 +1,253 @@
+"""The poller against a real nats-server and a real Yemot simulator, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from helpers_poller import count, health_subject, metric_reader, metric_sum, read_all, running_poller, sms_subject, wait_for
+from pbxbridge.bus import Bus, open_bus
+from pbxbridge.bus.envelope import deterministic_id
+from pbxbridge.config import Config, Settings
+from pbxbridge.vendors.simulator import Faults
+from pbxbridge.vendors.yemot import Simulator
+from pbxbridge.vendors.yemot.feeds import SMS, sms_key
+from pbxbridge.vendors.yemot.operations import ISRAEL, SmsRow
+from services.poller.cursor import Cursor
+from services.poller.runner import Tuning
+
+SEEDED = 3  # the simulator starts with three SMS
+
+
+@pytest.fixture
+def psettings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"lease_ttl": 1.5, "instance": "replica-a"})
+
+
+@pytest.fixture
+async def pbus(psettings: Settings) -> AsyncIterator[Bus]:
+    async with open_bus(psettings, name="test-poller") as b:
+        yield b
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    async with Simulator(activity=False) as s:
+        yield s
+
+
+def config_for(settings: Settings, sim: Simulator, **options) -> Config:
+    options = {"poll_interval": 0.2, "phone_region": "IL", **options}
+    return Config(settings=settings, accounts=[sim.account("acme", **options)])
+
+
+def israel_now() -> datetime:
+    return datetime.now(ISRAEL).replace(microsecond=0)
+
+
+def expected_keys(sim: Simulator) -> set[str]:
+    return {sms_key(SmsRow.model_validate(row)) for row in sim.sms}
+
+
+async def stored_keys(bus: Bus) -> list[str]:
+    return [m.data["key"] for m in await read_all(bus, sms_subject(bus))]
+
+
+async def test_each_sms_becomes_one_event_in_chronological_order(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """Every SMS is published once, oldest first, with E.164 numbers, UTC time and the original row."""
+    base = israel_now() - timedelta(minutes=30)
+    offsets = list(range(40))
+    random.Random(1).shuffle(offsets)  # the log's order is not the SMS' order
+    for i in offsets:
+        sim.add_sms(phone="972527654321", message=f"hello {i}", when=base + timedelta(seconds=i))
+    async with running_poller(config_for(psettings, sim), pbus):
+        await wait_for(lambda: _count_is(pbus, SEEDED + 40), what="all SMS")
+    events = await read_all(pbus, sms_subject(pbus))
+    assert [m.data["key"] for m in events] and {m.data["key"] for m in events} == expected_keys(sim)
+    times = [m.data["occurred_at"] for m in events]
+    assert times == sorted(times)
+    first = next(m for m in events if m.data["text"] == "hello 0")
+    assert first.data["occurred_at"] == base.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    assert first.data["from"] == {"raw": "972527654321", "e164": "+972527654321"}
+    assert first.data["to"]["e164"] == "+972773137770"
+    assert first.data["original"]["server_date"] == base.strftime("%H:%M:%S %Y-%m-%d")
+    event_id = deterministic_id("yemot", "acme", SMS.name, first.data["key"])
+    assert first.headers["ce-id"] == event_id and first.headers["Nats-Msg-Id"] == event_id
+    assert first.headers["ce-type"] == "pbx.sms.received.v1"
+    assert "972527654321" not in str(first.headers) and first.subject == sms_subject(pbus)
+
+
+async def _count_is(bus: Bus, n: int) -> bool:
+    got = await count(bus, sms_subject(bus))
+    assert got <= n, f"{got} events stored, only {n} SMS exist"
+    return got == n
+
+
+async def test_restart_with_same_state_publishes_nothing_new(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """A second run over the same vendor state publishes nothing: the cursor, not the dedupe window, knows."""
+    config = config_for(psettings, sim)
+    async with running_poller(config, pbus):
+        await wait_for(lambda: _count_is(pbus, SEEDED), what="seeded SMS")
+    reader, meter = metric_reader()
+    polls_before = len(sim.requests)
+    async with running_poller(config, pbus, meter=meter):
+        await wait_for(lambda: len(sim.requests) >= polls_before + 3, what="three more polls")
+        sim.add_sms(message="after the restart")
+        await wait_for(lambda: _count_is(pbus, SEEDED + 1), what="the new SMS")
+    assert metric_sum(reader, "pbx.poller.events.published") == 1  # only the new one was even sent
+    assert set(await stored_keys(pbus)) == expected_keys(sim)
+
+
+async def test_sms_arriving_between_polls_all_arrive(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """Bursts between polls, one bigger than a page of the log, all arrive exactly once."""
+    async with running_poller(config_for(psettings, sim), pbus):
+        total = SEEDED
+        for burst in (5, 1, 2600, 7):  # 2600 > the feed's first page (1000): the limit must grow
+            for i in range(burst):
+                sim.add_sms(message=f"burst {burst} #{i}")
+            total += burst
+            await wait_for(lambda: _count_is(pbus, total), timeout=20, what=f"{total} events")
+    keys = await stored_keys(pbus)
+    assert len(keys) == len(set(keys)) and set(keys) == expected_keys(sim)
+
+
+async def test_many_sms_in_the_same_second(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """Hundreds of SMS in one second, some identical, each published once, also across polls."""
+    second = israel_now() - timedelta(seconds=5)
+    for i in range(150):
+        sim.add_sms(phone="972541112233", message=f"same second {i}", when=second)
+    sim.add_sms(phone="972541112233", message="twice", when=second)
+    sim.add_sms(phone="972541112233", message="twice", when=second)
+    async with running_poller(config_for(psettings, sim), pbus):
+        await wait_for(lambda: _count_is(pbus, SEEDED + 152), what="first part")
+        for i in range(150, 300):  # more SMS in the very same second, after the cursor moved there
+            sim.add_sms(phone="972541112233", message=f"same second {i}", when=second)
+        sim.add_sms(phone="972541112233", message="twice", when=second)
+        await wait_for(lambda: _count_is(pbus, SEEDED + 303), what="second part")
+    texts = [m.data["text"] for m in await read_all(pbus, sms_subject(pbus))]
+    assert texts.count("twice") == 3
+    same = [t for t in texts if t.startswith("same second")]
+    assert same == [f"same second {i}" for i in range(300)]  # arrival order kept within the second
+
+
+async def test_malformed_reply_raises_health_keeps_cursor_and_recovers(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """A broken reply: feed.health + counter, cursor untouched, poller alive; recovered afterwards."""
+    reader, meter = metric_reader()
+    async with running_poller(config_for(psettings, sim), pbus, meter=meter):
+        await wait_for(lambda: _count_is(pbus, SEEDED), what="seeded SMS")
+        cursors = await pbus.js.key_value(pbus.names.cursors)
+        before = (await cursors.get("yemot.acme.sms")).revision
+        sim.faults = Faults(malformed_rate=1)
+        sim.add_sms(message="sent during the fault")
+        await wait_for(lambda: count(pbus, health_subject(pbus)), what="a health event")
+        await wait_for(lambda: metric_sum(reader, "pbx.poller.malformed_replies") >= 2, what="malformed counter")
+        assert (await cursors.get("yemot.acme.sms")).revision == before
+        sim.faults = Faults()
+        await wait_for(lambda: _count_is(pbus, SEEDED + 1), what="the SMS after recovery")
+        await wait_for(lambda: _count_is_on(pbus, health_subject(pbus), 2), what="recovered event")
+    health = [m.data for m in await read_all(pbus, health_subject(pbus))]
+    assert [h["status"] for h in health] == ["malformed_reply", "recovered"]
+    assert health[0]["feed"] == "sms" and health[0]["error"]["kind"] == "malformed_reply"
+    assert metric_sum(reader, "pbx.poller.feed.errors", status="malformed_reply") >= 2
+
+
+async def _count_is_on(bus: Bus, subject: str, n: int) -> bool:
+    return await count(bus, subject) == n
+
+
+async def test_reply_failing_the_model_is_malformed(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """A row the model refuses (a date that is no date) is a malformed reply, not a crash and not a skip."""
+    async with running_poller(config_for(psettings, sim), pbus):
+        await wait_for(lambda: _count_is(pbus, SEEDED), what="seeded SMS")
+        broken = sim.add_sms(message="broken row")
+        good = sim.add_sms(message="good row")
+        broken["server_date"] = "soon a date"
+        await wait_for(lambda: count(pbus, health_subject(pbus)), what="a health event")
+        assert await count(pbus, sms_subject(pbus)) == SEEDED  # the good row waits with the cursor
+        broken["server_date"] = good["server_date"]
+        await wait_for(lambda: _count_is(pbus, SEEDED + 2), what="both rows after the fix")
+    statuses = [m.data["status"] for m in await read_all(pbus, health_subject(pbus))]
+    assert statuses == ["malformed_reply", "recovered"]
+
+
+async def test_vendor_outage_and_refused_credentials_are_survived(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """503s and a refused login raise health events; the poller keeps going and catches up."""
+    sim.faults = Faults(error_rate=1)
+    async with running_poller(config_for(psettings, sim), pbus):
+        await wait_for(lambda: count(pbus, health_subject(pbus)), what="outage event")
+        sim.faults = Faults()
+        await wait_for(lambda: _count_is(pbus, SEEDED), what="SMS after the outage")
+        sim.password = "changed"  # our credentials no longer work
+        sim.expire_tokens()
+        sim.add_sms(message="during the auth failure")
+        await wait_for(lambda: _count_is_on(pbus, health_subject(pbus), 3), what="auth event")
+        sim.password = "sim-yemot-password"
+        await wait_for(lambda: _count_is(pbus, SEEDED + 1), what="SMS after the credentials work again")
+        await wait_for(lambda: _count_is_on(pbus, health_subject(pbus), 4), what="recovered event")
+    statuses = [m.data["status"] for m in await read_all(pbus, health_subject(pbus))]
+    assert statuses == ["vendor_unavailable", "recovered", "auth_failed", "recovered"]
+
+
+async def test_bus_restart_loses_nothing(psettings: Settings, pbus: Bus, sim: Simulator, nats_server) -> None:
+    """nats-server killed mid-batch and restarted: the poller retries until acked, no loss, no duplicate."""
+    reader, meter = metric_reader()
+    tuning = Tuning(window=50, ack_timeout=1.0, checkpoint_every=200)  # a batch slow enough to interrupt
+    async with running_poller(config_for(psettings, sim), pbus, tuning=tuning, meter=meter):
+        await wait_for(lambda: _count_is(pbus, SEEDED), what="seeded SMS")
+        for i in range(4000):
+            sim.add_sms(message=f"before restart {i}")
+        await wait_for(lambda: _count_above(pbus, SEEDED + 100), what="part of the batch")
+        await nats_server.restart()
+        for i in range(300):
+            sim.add_sms(message=f"after restart {i}")
+        await wait_for(lambda: _count_is(pbus, SEEDED + 4300), timeout=30, what="every SMS")
+    assert metric_sum(reader, "pbx.poller.publish.retries") >= 1  # the restart did cut a batch
+    keys = await stored_keys(pbus)
+    assert len(keys) == len(set(keys)) == SEEDED + 4300 and set(keys) == expected_keys(sim)
+
+
+async def _count_above(bus: Bus, n: int) -> bool:
+    return await count(bus, sms_subject(bus)) > n
+
+
+async def test_two_replicas_split_by_lease_and_take_over(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """Two pollers on one feed: each SMS once; when the holder stops, the other carries on."""
+    other = psettings.model_copy(update={"instance": "replica-b"})
+    async with open_bus(other, name="test-poller-b") as bus_b:
+        first, second = running_poller(config_for(psettings, sim), pbus), running_poller(config_for(other, sim), bus_b)
+        async with second:
+            async with first:
+                for i in range(200):
+                    sim.add_sms(message=f"while both run {i}")
+                await wait_for(lambda: _count_is(pbus, SEEDED + 200), what="events with two replicas")
+                leases = await pbus.js.key_value(pbus.names.leases)
+                holder = (await leases.get("yemot.acme.sms")).value.decode()
+            if holder == "replica-a":  # replica-a stopped: replica-b must take over
+                for i in range(50):
+                    sim.add_sms(message=f"after a stopped {i}")
+                await wait_for(lambda: _count_is(pbus, SEEDED + 250), what="take-over by replica-b")
+                assert (await leases.get("yemot.acme.sms")).value.decode() == "replica-b"
+        if holder == "replica-b":  # replica-b stopped: a fresh replica-a takes over
+            async with running_poller(config_for(psettings, sim), pbus):
+                for i in range(50):
+                    sim.add_sms(message=f"after b stopped {i}")
+                await wait_for(lambda: _count_is(pbus, SEEDED + 250), what="take-over by replica-a")
+    keys = await stored_keys(pbus)
+    assert len(keys) == len(set(keys)) == SEEDED + 250
+
+
+def test_cursor_forgets_whole_instants_and_never_admits_a_duplicate() -> None:
+    """The bounded seen-set drops the oldest instants whole and moves the floor past them."""
+    cursor = Cursor(floor=0.0)
+    cursor.advance([(10.0, "a"), (11.0, "b"), (12.0, "c"), (12.0, "d")], lookback=100, max_seen=3)
+    assert not cursor.is_new(10.0, "a") and not cursor.is_new(12.0, "d") and not cursor.is_new(11.0, "b")
+    assert cursor.floor > 10.0 and 10.0 not in cursor.seen
+    assert cursor.is_new(12.0, "e") and cursor.is_new(13.0, "a")
+    cursor.advance([(500.0, "z")], lookback=100, max_seen=3)
+    assert cursor.floor == 400.0 and cursor.is_new(450.0, "late") and not cursor.is_new(300.0, "old")
+    restored, owner = Cursor.from_bytes(cursor.to_bytes("me"))
+    assert owner == "me" and restored.seen == cursor.seen and restored.floor == cursor.floor
