@@ -51,29 +51,42 @@ async def publish_in_order(
     acked = reported = start
     duplicates = 0
 
-    async def settle_oldest() -> None:
-        nonlocal acked, reported, duplicates
-        future = pending.popleft()
+    def settle(future: asyncio.Future) -> None:
+        nonlocal acked, duplicates
         try:
-            if not future.done():
-                await asyncio.wait_for(future, ack_timeout)
-            duplicates += future.result().duplicate or 0  # result() raises the server's error, if any
+            ack = future.result()  # raises the server's error, if any
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():  # we are being stopped
-                raise
-            # The future was cancelled under us (connection closed): not an ack.
-            raise PublishInterrupted(acked, ConnectionError("publish abandoned by the client")) from None
+            # Cancelled under us (the connection closed), or by wait_for's timeout: not an ack.
+            raise PublishInterrupted(acked, ConnectionError("publish abandoned before its ack")) from None
         except Exception as exc:
             raise PublishInterrupted(acked, exc) from exc
         acked += 1
+        duplicates += ack.duplicate or 0
+
+    async def wait_oldest() -> None:
+        future = pending[0]
+        try:
+            await asyncio.wait_for(asyncio.shield(future), ack_timeout)
+        except asyncio.TimeoutError:
+            raise PublishInterrupted(acked, TimeoutError(f"no ack within {ack_timeout}s")) from None
+        except Exception:
+            pass  # settle() reports the future's own error
+        settle(pending.popleft())
+
+    async def drain() -> None:
+        """Settle every leading future that is done (no awaiting), checkpoint when due."""
+        nonlocal reported
+        while pending and pending[0].done():
+            settle(pending.popleft())
         if acked - reported >= checkpoint_every:
             reported = acked
             await on_acked(acked)  # its own errors are the caller's, not a publish failure
 
     try:
         for i in range(start, len(messages)):
-            while len(pending) >= window or (pending and pending[0].done()):
-                await settle_oldest()
+            if len(pending) >= window:
+                await wait_oldest()
+            await drain()
             m = messages[i]
             try:
                 pending.append(await js.publish_async(m.subject, m.body, headers=m.headers))
@@ -82,7 +95,8 @@ async def publish_in_order(
             except Exception as exc:
                 raise PublishInterrupted(acked, exc) from exc
         while pending:
-            await settle_oldest()
+            await wait_oldest()
+            await drain()
     finally:
         for future in pending:
             future.cancel()  # frees nats-py's in-flight slot; the message may still be stored

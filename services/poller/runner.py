@@ -61,7 +61,8 @@ class Tuning:
     window: int = 1000  # publish_async messages in flight
     ack_timeout: float = 5.0
     checkpoint_every: int = 2000  # cursor writes during a long batch
-    jitter: float = 0.1  # fraction of the interval added at random to each deadline
+    jitter: float = 0.1  # fraction of the interval added at random to each deadline...
+    max_jitter: float = 2.0  # ...but never more than this many seconds
     retry_backoff: float = 0.5  # first wait after the bus dropped a publish run; doubles to 5 s
 
 
@@ -119,15 +120,21 @@ class FeedPoller:
             await self.load_cursor()
         if self.cursor_dirty:
             await self.save_cursor()
+        started = time.perf_counter()
         try:
             records = await self.fetch_new()
+            fetched = time.perf_counter()
             messages, stamps = self.build(records)
         except (VendorError, ValidationError, ValueError, KeyError, TypeError) as exc:
             await self.failed(exc)
             return getattr(exc, "retry_after", None) if isinstance(exc, VendorRateLimited) else None
         if self.reported != OK:
             await self.report(OK, None)
+        built = time.perf_counter()
         await self.publish(messages, stamps, stop)
+        if messages:
+            log.debug("%s: fetch %.3fs, build %.3fs, publish %.3fs", self.label,
+                      fetched - started, built - fetched, time.perf_counter() - built)
         return None
 
     async def fetch_new(self) -> list[tuple[float, str, Any]]:
@@ -145,7 +152,7 @@ class FeedPoller:
                 self.meters.gaps.add(1, self.attrs)
                 log.warning("%s: more than %d records since the cursor; taking the newest", self.label, limit)
                 break
-            limit = min(limit * 4, feed.max_page)
+            limit = _next_limit(limit, [t for t, _, _ in stamped], floor, feed.max_page)
         if feed.newest_first:
             stamped.reverse()
         # Stable sort: records of the same instant keep the vendor's (arrival) order.
@@ -250,7 +257,7 @@ class FeedPoller:
         await self.load_cursor()
         deadline = time.monotonic()
         while not stop.is_set():
-            jitter = random.uniform(0, self.tuning.jitter * interval)
+            jitter = random.uniform(0, min(self.tuning.jitter * interval, self.tuning.max_jitter))
             if await wait_or_stop(stop, deadline + jitter - time.monotonic()):
                 return
             hold_off = await self.poll_once(stop)
@@ -264,6 +271,15 @@ class FeedPoller:
     @property
     def label(self) -> str:
         return f"{self.account.vendor}/{self.account.id}/{self.feed.name}"
+
+
+def _next_limit(limit: int, times: list[float], floor: float, max_page: int) -> int:
+    """A full page that does not reach back to the cursor: ask for enough rows to get there,
+    guessing from the page's own density (at least twice the last limit)."""
+    newest, oldest = max(times), min(times)
+    guess = limit * (newest - floor) / (newest - oldest) * 1.25 if newest > oldest else limit * 16
+    # A generous limit costs nothing when the rows are not there: the reply is what exists.
+    return int(min(max_page, max(limit * 2, guess)))
 
 
 def _number_repeats(stamped: list[tuple[float, str, Any]]) -> list[tuple[float, str, Any]]:
