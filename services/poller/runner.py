@@ -32,7 +32,7 @@ from pbxbridge.vendors.errors import (
     VendorRateLimited,
 )
 from services.poller.cursor import Cursor, CursorStore, LostOwnership
-from services.poller.feed import Feed, FetchWindow
+from pbxbridge.feeds import Feed, FetchWindow
 from services.poller.lease import Lease
 from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order
 

@@ -12,7 +12,7 @@ from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config
 from pbxbridge.vendors import client_for
 from services.poller.cursor import CursorStore
-from services.poller.feed import feeds_of
+from pbxbridge.feeds import feeds_of
 from services.poller.lease import Lease
 from services.poller.runner import FeedPoller, FeedSupervisor, Meters, Tuning
 

@@ -18,7 +18,7 @@ from pbxbridge.events import SmsReceived
 from pbxbridge.phones import phone_field
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.yemot.operations import ISRAEL, SmsRow
-from services.poller.feed import Feed, FetchWindow
+from pbxbridge.feeds import Feed, FetchWindow
 
 
 async def fetch_sms(client: VendorClient, window: FetchWindow) -> list[SmsRow]:
