@@ -52,3 +52,26 @@ def install() -> None:
 
 
 install()
+
+
+_SECRET_PARTS = ("password", "passwd", "secret", "token", "apikey", "api_key")
+_SECRET_NAMES = {"pin", "pass", "pwd", "key"}
+
+
+def _is_secret_name(name: object) -> bool:
+    lowered = str(name).lower()
+    return lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS)
+
+
+def mask_params(params: object) -> object:
+    """A copy of command parameters safe to store beside a failure: credential-like fields masked.
+
+    Commands such as Fonema's ``changePassword`` carry secrets in their parameters; a dead-letter
+    entry keeps everything else so nothing is lost for diagnosis."""
+    if isinstance(params, dict):
+        return {
+            k: MASK if _is_secret_name(k) else mask_params(v) for k, v in params.items()
+        }
+    if isinstance(params, list):
+        return [mask_params(v) for v in params]
+    return params

@@ -19,23 +19,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic_core import from_json
 
 from pbxbridge.bus import Bus
+from support import wait_for  # noqa: F401  (re-exported for the poller's tests)
 from pbxbridge.config import Account, Config, Settings
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def sms_subject(bus: Bus, account: str = "acme") -> str:

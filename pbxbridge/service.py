@@ -1,0 +1,79 @@
+"""How a worker process starts, the same for every service.
+
+A service is ``services/<name>/worker.py:serve(config, bus, stop)``. This module runs it:
+
+- the FastStream way, ``faststream run services.<name>.app:app``, where ``app.py`` is
+  ``app = faststream_app("<name>", serve)``: on start-up it loads the config from the
+  environment, opens the bus (the embedded nats-server when ``PBX_NATS_URL`` is unset) and
+  runs ``serve`` until FastStream shuts down;
+- plainly, ``python -m services.<name> [config.toml]``, where ``__main__.py`` calls
+  ``main("<name>", serve)``; SIGINT/SIGTERM stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from faststream import FastStream
+from faststream.nats import NatsBroker
+
+from pbxbridge import telemetry
+from pbxbridge.bus import Bus, open_bus
+from pbxbridge.config import Config, load_config
+
+Serve = Callable[[Config, Bus, asyncio.Event], Awaitable[None]]
+
+
+def faststream_app(name: str, serve: Serve) -> FastStream:
+    app = FastStream()
+    exits = contextlib.AsyncExitStack()
+    stop = asyncio.Event()
+    running: dict[str, asyncio.Task] = {}
+
+    @app.on_startup
+    async def open_bus_for_service() -> None:
+        telemetry.setup(name)
+        config = load_config()
+        bus = await exits.enter_async_context(open_bus(config.settings, name=f"pbxbridge-{name}"))
+        # FastStream wants a broker of its own; the services open theirs inside ``serve``.
+        app.add_broker(NatsBroker(bus.url))
+        running["config"], running["bus"] = config, bus  # type: ignore[assignment]
+
+    @app.after_startup
+    async def start_service() -> None:
+        running["task"] = asyncio.create_task(serve(running["config"], running["bus"], stop), name=name)  # type: ignore[arg-type]
+
+    @app.on_shutdown
+    async def stop_service() -> None:
+        stop.set()
+        if "task" in running:
+            with contextlib.suppress(Exception):
+                await running["task"]
+        await exits.aclose()
+
+    return app
+
+
+def main(name: str, serve: Serve) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    for noisy in ("nats", "faststream"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    telemetry.setup(name)
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+
+    async def run() -> None:
+        config = load_config(path)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with open_bus(config.settings, name=f"pbxbridge-{name}") as bus:
+            await serve(config, bus, stop)
+
+    asyncio.run(run())

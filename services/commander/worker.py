@@ -1,0 +1,79 @@
+"""Wiring only: one vendor client per account, the ledger, and a FastStream pull subscriber on
+the commands stream (shared by every replica) feeding ``CommandHandler``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from nats.js.api import ConsumerConfig
+
+from pbxbridge.bus import Bus
+from pbxbridge.bus.ledger import Ledger
+from pbxbridge.bus.tokens import KvTokenStore
+from pbxbridge.config import Config
+from pbxbridge.vendors import client_for
+from services.commander.handler import CommandHandler
+from services.commander.plan import Delivery
+
+log = logging.getLogger("pbxbridge.commander")
+
+CONSUMER = "commander"
+
+
+def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
+    settings = config.settings
+    slowest_call = max((a.options.timeout for a in config.accounts), default=10.0)
+    broker = NatsBroker(bus.url, log_level=logging.DEBUG)
+
+    @broker.subscriber(
+        bus.subjects.all_commands,
+        stream=JStream(bus.names.commands, declare=False),
+        durable=CONSUMER,
+        pull_sub=PullSub(batch_size=settings.command_concurrency, timeout=1.0),
+        max_workers=settings.command_concurrency,
+        # Acks are ours: FastStream's default would terminate a message whose handler raised.
+        ack_policy=AckPolicy.MANUAL,
+        config=ConsumerConfig(
+            # One delivery beyond the attempts, so a worker dying on the last one still ends the command.
+            max_deliver=settings.command_max_deliver + 1,
+            # Room for a call, a re-login and a second call before JetStream redelivers.
+            ack_wait=max(30.0, 3 * slowest_call),
+        ),
+    )
+    async def on_command(msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        delivery = Delivery(
+            subject=raw.subject, headers=dict(raw.headers or {}), body=raw.data,
+            attempt=raw.metadata.num_delivered, stream_seq=raw.metadata.sequence.stream,
+        )
+        try:
+            disposition = await handler.handle(delivery)
+        except Exception:
+            # The bus itself failed (a publish or the ledger): try again later, lose nothing.
+            log.exception("command on %s not handled; redelivering later", raw.subject)
+            await raw.nak(delay=settings.command_backoff)
+            return
+        if disposition.ack:
+            await raw.ack()
+        else:
+            await raw.nak(delay=disposition.delay)
+
+    return broker
+
+
+async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
+    ledger = Ledger(await bus.js.key_value(bus.names.ledger))
+    tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+    clients = {a.key: client_for(a, token_store=tokens) for a in config.accounts}
+    broker = build_broker(bus, CommandHandler(config, bus, ledger, clients), config)
+    log.info("commander %s: %d account(s)", config.settings.instance, len(clients))
+    try:
+        async with broker:
+            await broker.start()
+            await stop.wait()
+    finally:
+        for client in clients.values():
+            await client.aclose()

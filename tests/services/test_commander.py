@@ -1,0 +1,263 @@
+"""The commander against a real nats-server and the Yemot simulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from pydantic_core import from_json
+
+from pbxbridge.bus import Bus
+from pbxbridge.bus.envelope import CloudEvent
+from pbxbridge.bus.ledger import Ledger, LedgerEntry, ledger_key
+from pbxbridge.commands import Result
+from pbxbridge.config import Config, Settings
+from pbxbridge.sdk import command_event, send_command
+from pbxbridge.vendors.yemot import Simulator as YemotSimulator
+from services.commander.worker import serve
+from support import wait_for
+
+QUEUE = "ivr2:/5"
+
+
+@dataclass
+class Rig:
+    bus: Bus
+    sim: YemotSimulator
+
+    async def send(self, command: str, params, **kw) -> Result:
+        kw.setdefault("command_id", str(uuid.uuid4()))
+        return await send_command(self.bus.nc, self.bus.subjects, "yemot", "acme", command, params, timeout=20, **kw)
+
+    def calls(self, operation: str) -> list[str]:
+        return [outcome for op, outcome in self.sim.requests if op == operation]
+
+    async def results_on(self, command: str) -> int:
+        subject = self.bus.subjects.result("yemot", "acme", command)
+        info = await self.bus.js.stream_info(self.bus.names.results, subjects_filter=subject)
+        return (info.state.subjects or {}).get(subject, 0)
+
+    async def dead_letters(self) -> list[dict]:
+        sub = await self.bus.js.subscribe(self.bus.subjects.all_dead_letters, ordered_consumer=True)
+        letters = []
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            while True:
+                msg = await sub.next_msg(timeout=0.5)
+                letters.append(from_json(msg.data))
+        await sub.unsubscribe()
+        return letters
+
+
+@contextlib.asynccontextmanager
+async def running_commander(settings: Settings, bus: Bus, sim: YemotSimulator) -> AsyncIterator[Rig]:
+    config = Config(settings=settings, accounts=[sim.account("acme", timeout=0.5)])
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, bus, stop))
+    try:
+        yield Rig(bus, sim)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def rig(settings: Settings, bus: Bus) -> AsyncIterator[Rig]:
+    settings.command_backoff = 0.05
+    async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
+        yield rig
+
+
+async def test_queue_pause_reaches_the_vendor(rig: Rig) -> None:
+    """op.QueueManagement pause succeeds and the simulator's agent is paused."""
+    result = await rig.send("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "102"})
+    assert result.status == "succeeded", result
+    assert rig.sim.queues[QUEUE]["members"]["102"]["Paused"] is True
+
+
+async def test_neutral_agent_status_maps_to_pause_and_unpause(rig: Rig) -> None:
+    """agent.status.set paused/available becomes QueueManagement pause/unpause."""
+    paused = await rig.send("agent.status.set", {"agent": "103", "status": "paused", "queue": QUEUE})
+    assert paused.status == "succeeded" and rig.sim.queues[QUEUE]["members"]["103"]["Paused"] is True
+    available = await rig.send("agent.status.set", {"agent": "103", "status": "available", "queue": QUEUE})
+    assert available.status == "succeeded" and rig.sim.queues[QUEUE]["members"]["103"]["Paused"] is False
+
+
+async def test_neutral_command_without_queue_is_rejected(rig: Rig) -> None:
+    """Yemot cannot pause an agent without a queue: rejected, with the reason, no vendor call."""
+    result = await rig.send("agent.status.set", {"agent": "101", "status": "paused"})
+    assert result.status == "rejected" and "queue" in result.error["message"]
+    assert rig.calls("QueueManagement") == []
+
+
+async def test_same_id_twice_calls_the_vendor_once(rig: Rig) -> None:
+    """A re-sent command id gets the first result back; the vendor saw one call, one result exists."""
+    params = {"action": "pause", "queuePath": QUEUE, "agent": "101"}
+    first = await rig.send("op.QueueManagement", params, command_id="dup-1")
+    second = await rig.send("op.QueueManagement", params, command_id="dup-1")
+    assert first == second and first.status == "succeeded"
+    assert rig.calls("QueueManagement") == ["ok"]
+    assert await rig.results_on("op.QueueManagement") == 1
+
+
+async def test_redelivery_after_the_duplicate_window_is_answered_from_the_ledger(rig: Rig) -> None:
+    """The same ce-id under a new Nats-Msg-Id (as after the dedupe window) does not call again."""
+    params = {"action": "pause", "queuePath": QUEUE, "agent": "101"}
+    first = await rig.send("op.QueueManagement", params, command_id="late-dup")
+    event = command_event("yemot", "op.QueueManagement", params, command_id="late-dup")
+    headers, body = event.to_nats()
+    headers["Nats-Msg-Id"] = "a-later-send"
+    subject = rig.bus.subjects.command("yemot", "acme", "op.QueueManagement")
+    await rig.bus.js.publish(subject, body, headers=headers)
+    await wait_for(lambda: _stream_empty(rig.bus), what="the commands stream to drain")
+    assert rig.calls("QueueManagement") == ["ok"]
+    assert first.status == "succeeded"
+
+
+async def _stream_empty(bus: Bus) -> bool:
+    return (await bus.js.stream_info(bus.names.commands)).state.messages == 0
+
+
+async def test_past_deadline_expires_without_a_vendor_call(rig: Rig) -> None:
+    """A command whose ce-deadline has passed ends expired; the vendor is never called."""
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    result = await rig.send("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "101"}, deadline=past)
+    assert result.status == "expired"
+    assert rig.calls("QueueManagement") == []
+
+
+async def test_invalid_parameters_are_rejected_with_a_dead_letter(rig: Rig) -> None:
+    """An unknown action ends rejected, and the dead letter keeps the command and says why."""
+    result = await rig.send("op.QueueManagement", {"action": "explode", "queuePath": QUEUE}, command_id="bad-1")
+    assert result.status == "rejected" and "action" in result.error["message"]
+    letters = await rig.dead_letters()
+    assert [(d["command_id"], d["body"]["action"]) for d in letters] == [("bad-1", "explode")]
+    assert "action" in letters[0]["reason"]
+
+
+async def test_not_a_cloudevent_is_dead_lettered_and_answered(rig: Rig) -> None:
+    """A message without CloudEvents headers and with a broken body gets a result and a dead letter."""
+    subject = rig.bus.subjects.command("yemot", "acme", "op.GetQueueRealTime")
+    sub = await rig.bus.nc.subscribe(rig.bus.subjects.result("yemot", "acme", "op.GetQueueRealTime"))
+    await rig.bus.js.publish(subject, b"{not json", headers={"Nats-Msg-Id": "junk-1"})
+    msg = await sub.next_msg(timeout=10)
+    result = Result.model_validate(from_json(msg.data))
+    assert result.status == "rejected" and result.command_id == "junk-1"
+    letters = await rig.dead_letters()
+    assert letters and letters[0]["body"] == {"base64": "e25vdCBqc29u"}
+
+
+async def test_secrets_in_parameters_are_masked_in_dead_letters(rig: Rig) -> None:
+    """A rejected command's password-like fields are masked in its dead letter."""
+    await rig.send("op.QueueManagement", {"action": "pause", "password": "hunter2-secret"})
+    letters = await rig.dead_letters()
+    assert letters and letters[0]["body"]["password"] == "***"
+    assert "hunter2-secret" not in str(letters)
+
+
+async def test_unknown_and_internal_operations_are_unsupported(rig: Rig) -> None:
+    """op.Login (session plumbing) and unknown commands end unsupported."""
+    assert (await rig.send("op.Login", {"username": "x", "password": "y"})).status == "unsupported"
+    assert (await rig.send("op.NoSuchThing", {})).status == "unsupported"
+    assert (await rig.send("call.teleport", {})).status == "unsupported"
+
+
+async def test_permanent_vendor_error_fails_with_code(rig: Rig) -> None:
+    """The vendor's error code and message reach the result; no retry."""
+    result = await rig.send("op.QueueManagement", {"action": "pause", "queuePath": "ivr2:/404", "agent": "1"})
+    assert result.status == "failed" and result.error["code"] == "QUEUE_NOT_FOUND"
+    assert rig.calls("QueueManagement") == ["error:QUEUE_NOT_FOUND"]
+
+
+async def test_transient_failure_is_retried_then_succeeds(rig: Rig) -> None:
+    """503s are retried with a delay; once the vendor recovers, the command succeeds."""
+    rig.sim.faults.error_rate = 1.0
+    task = asyncio.create_task(rig.send("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "101"}))
+    # The first attempts fail at Login already: the session is opened on the first call.
+    await wait_for(lambda: [o for _, o in rig.sim.requests].count("fault:503") >= 2, what="two failed attempts")
+    rig.sim.faults.error_rate = 0.0
+    result = await task
+    assert result.status == "succeeded" and result.attempts >= 3
+    assert rig.calls("QueueManagement")[-1] == "ok"
+
+
+async def test_rate_limit_waits_for_retry_after(rig: Rig) -> None:
+    """A 429 with Retry-After: 1.5 delays the retry by that long, not by the short backoff."""
+    rig.sim.faults.rate_limit_rate, rig.sim.faults.retry_after = 1.0, 1.5
+    started = time.monotonic()
+    task = asyncio.create_task(rig.send("op.GetQueueRealTime", {"queuePath": QUEUE}))
+    await wait_for(lambda: "fault:429" in [o for _, o in rig.sim.requests], what="a rate-limited attempt")
+    rig.sim.faults.rate_limit_rate = 0.0
+    result = await task
+    assert result.status == "succeeded" and result.attempts == 2
+    assert time.monotonic() - started >= 1.4
+
+
+async def test_retries_end_in_failure_after_max_deliver(settings: Settings, bus: Bus) -> None:
+    """A vendor that never recovers: the command fails after command_max_deliver attempts."""
+    settings.command_backoff, settings.command_max_deliver = 0.05, 3
+    async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
+        sim.faults.error_rate = 1.0
+        result = await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})
+    assert result.status == "failed" and result.error["kind"] == "transient"
+    assert [o for _, o in sim.requests].count("fault:503") == 3
+
+
+async def test_timeout_of_an_unsafe_operation_is_not_retried(rig: Rig) -> None:
+    """QueueManagement may have acted when it timed out: it fails instead of running twice."""
+    rig.sim.faults.timeout_rate, rig.sim.faults.hang_seconds = 1.0, 1.0
+    result = await rig.send("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "101"})
+    assert result.status == "failed" and result.error["kind"] == "timeout"
+    assert "not safe to repeat" in result.error["message"]
+
+
+async def test_crash_mid_call_is_not_repeated_for_unsafe_operations(rig: Rig) -> None:
+    """A ledger entry left 'running' by a dead worker ends failed/outcome_unknown, no second call."""
+    ledger = Ledger(await rig.bus.js.key_value(rig.bus.names.ledger))
+    await ledger.write(ledger_key("yemot", "acme", "crashed-1"), LedgerEntry(state="running", attempt=1), None)
+    result = await rig.send("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "101"}, command_id="crashed-1")
+    assert result.status == "failed" and result.error["kind"] == "outcome_unknown"
+    assert rig.calls("QueueManagement") == []
+
+
+async def test_crash_mid_call_is_repeated_for_safe_operations(rig: Rig) -> None:
+    """The same situation for a read-only operation simply calls it again."""
+    ledger = Ledger(await rig.bus.js.key_value(rig.bus.names.ledger))
+    await ledger.write(ledger_key("yemot", "acme", "crashed-2"), LedgerEntry(state="running", attempt=1), None)
+    result = await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE}, command_id="crashed-2")
+    assert result.status == "succeeded" and {m["agent"] for m in result.result["members"]} == {"101", "102", "103"}
+
+
+async def test_unknown_account_is_rejected(rig: Rig) -> None:
+    """A command for an account this deployment does not serve is rejected, not lost."""
+    result = await send_command(
+        rig.bus.nc, rig.bus.subjects, "yemot", "nobody", "op.GetQueueRealTime", {"queuePath": QUEUE}, timeout=10
+    )
+    assert result.status == "rejected" and "nobody" in result.error["message"]
+
+
+async def test_commander_survives_a_bus_restart(settings: Settings, nats_server, bus: Bus) -> None:
+    """After nats-server is killed and restarted, commands are handled again."""
+    settings.command_backoff = 0.05
+    async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
+        assert (await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})).status == "succeeded"
+        await nats_server.restart()
+        await wait_for(lambda: bus.nc.is_connected, timeout=20, what="reconnection")
+        result = await rig.send("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "103"})
+    assert result.status == "succeeded" and sim.queues[QUEUE]["members"]["103"]["Paused"] is True
+
+
+def test_results_are_cloudevents_with_the_command_id() -> None:
+    """A result's CloudEvent id derives from the command id and carries it as ce-commandid."""
+    from pbxbridge.bus.ledger import result_event
+
+    result = Result(command_id="c-1", command="op.X", vendor="yemot", account="a", status="succeeded",
+                    finished_at=datetime.now(timezone.utc))
+    a, b = result_event(result), result_event(result.model_copy())
+    assert a.id == b.id and a.headers()["ce-commandid"] == "c-1" and a.headers()["Nats-Msg-Id"] == a.id
+    assert CloudEvent.from_nats(*a.to_nats()).data["status"] == "succeeded"
