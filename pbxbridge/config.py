@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     duplicate_window: float = Field(120, gt=0, description="JetStream dedupe window, seconds")
     lease_ttl: float = Field(15, gt=0, description="seconds a poller replica holds a feed")
     recording_format: str = Field("opus", description="archive codec: opus, mp3, flac, wav")
+    recording_max_wait: float = Field(3600, gt=0, description="seconds to keep asking for a recording still processing")
     command_max_deliver: int = Field(6, ge=1, description="vendor attempts per command before it fails")
     command_backoff: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles per attempt")
     command_backoff_max: float = Field(60.0, gt=0, description="longest retry delay, seconds")

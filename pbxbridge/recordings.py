@@ -12,6 +12,10 @@ later instead of failing), or a ``VendorError`` like any other call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
 
 
 @dataclass(frozen=True)
@@ -27,3 +31,18 @@ class RecordingNotReady(Exception):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+RECORDING_JOB_TYPE = "pbx.job.recording.fetch.v1"
+
+
+class RecordingJob(BaseModel):
+    """What the commander hands the recordings worker on ``pbx.jobs.recordings.<vendor>.<account>``."""
+
+    command_id: str
+    command: str
+    vendor: str
+    account: str
+    params: dict[str, Any]
+    deadline: datetime | None = None
+    ledger_key: str

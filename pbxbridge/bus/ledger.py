@@ -22,8 +22,8 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
-from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri, utcnow
-from pbxbridge.commands import RESULT_TYPE, Result
+from pbxbridge.bus.envelope import utcnow
+from pbxbridge.commands import Result
 
 State = Literal["running", "retrying", "delegated", "done"]
 
@@ -44,19 +44,6 @@ class LedgerConflict(Exception):
 def ledger_key(vendor: str, account: str, command_id: str) -> str:
     # Command ids are the sender's free text; KV keys allow few characters, so hash them.
     return f"{vendor}.{account}.{hashlib.sha256(command_id.encode()).hexdigest()[:40]}"
-
-
-def result_event(result: Result) -> CloudEvent:
-    """The Result as a CloudEvent whose id derives from the command: a re-publish is a duplicate."""
-    return CloudEvent(
-        type=RESULT_TYPE,
-        source=f"pbxbridge/{result.vendor}/{result.account}",
-        id=deterministic_id("result", result.vendor, result.account, result.command_id),
-        data=result.model_dump(mode="json"),
-        time=result.finished_at,
-        dataschema=schema_uri(RESULT_TYPE),
-        extensions={"commandid": result.command_id},
-    )
 
 
 class Ledger:

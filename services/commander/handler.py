@@ -17,7 +17,6 @@ timeout is only retried when the operation is retry-safe: the vendor may have ac
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,10 +26,11 @@ from opentelemetry import metrics
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import utcnow
 from pbxbridge.bus.ledger import Ledger, LedgerConflict, LedgerEntry, ledger_key
-from pbxbridge.commands import Result
+from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, republish, retry_delay
+from pbxbridge.recordings import RecordingJob
 from pbxbridge.config import Config
 from pbxbridge.vendors.client import VendorClient
-from pbxbridge.vendors.errors import VendorError, VendorRateLimited, VendorTimeout
+from pbxbridge.vendors.errors import VendorError, VendorTimeout
 from services.commander import activities
 from services.commander.plan import Command, Delivery, RecordingStep, Refusal, VendorStep, decode, fallback_id, resolve, result_value
 
@@ -69,7 +69,7 @@ class CommandHandler:
         entry, revision = await self.ledger.read(key)
         if entry is not None and entry.state == "done" and entry.result is not None:
             log.info("%s: command %s already done (%s); result sent again", delivery.subject, command.id, entry.result.status)
-            await activities.republish(self.bus, entry.result)
+            await republish(self.bus, entry.result)
             return ACK
         if command.deadline is not None and utcnow() > command.deadline:
             await self._finish(key, command, "expired", delivery.attempt, error={
@@ -137,7 +137,7 @@ class CommandHandler:
         may_have_acted = isinstance(exc, VendorTimeout)
         retry = exc.retryable and (step.operation.retry_safe or not may_have_acted)
         if retry and delivery.attempt < self.settings.command_max_deliver:
-            delay = self._retry_delay(exc, delivery.attempt)
+            delay = retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None))
             if command.deadline is None or utcnow() + timedelta(seconds=delay) < command.deadline:
                 await self.ledger.note(key, LedgerEntry(
                     state="retrying", attempt=delivery.attempt, instance=self.settings.instance, error=exc.as_dict(),
@@ -155,12 +155,6 @@ class CommandHandler:
         await self._finish(key, command, "failed", delivery.attempt, error=error)
         return ACK
 
-    def _retry_delay(self, exc: VendorError, attempt: int) -> float:
-        if isinstance(exc, VendorRateLimited) and exc.retry_after is not None:
-            return min(exc.retry_after, self.settings.command_backoff_max)
-        base = self.settings.command_backoff * 2 ** (attempt - 1)
-        return min(base * random.uniform(0.8, 1.2), self.settings.command_backoff_max)
-
     # ---- recordings ------------------------------------------------------------------
 
     async def _delegate(
@@ -171,13 +165,9 @@ class CommandHandler:
                 await self.ledger.write(key, LedgerEntry(state="delegated", instance=self.settings.instance), revision)
             except LedgerConflict:
                 return Disposition(ack=False, delay=self.settings.command_backoff)
-        await activities.hand_to_recordings(self.bus, activities.RecordingJob(
-            account=step.account,
-            command_id=command.id,
-            command=command.name,
-            params=step.request.model_dump(mode="json", exclude_none=True),
-            deadline=command.deadline.isoformat() if command.deadline else None,
-            ledger_key=key,
+        await activities.hand_to_recordings(self.bus, RecordingJob(
+            command_id=command.id, command=command.name, vendor=step.account.vendor, account=step.account.id,
+            params=step.request.model_dump(mode="json", exclude_none=True), deadline=command.deadline, ledger_key=key,
         ))
         return ACK
 
@@ -186,19 +176,19 @@ class CommandHandler:
     async def _finish(
         self, key: str, command: Command, status: str, attempts: int, *, result: Any = None, error: dict | None = None
     ) -> None:
-        outcome = Result(
-            command_id=command.id, command=command.name, vendor=command.vendor, account=command.account,
-            status=status, result=result, error=error, attempts=attempts, finished_at=utcnow(),
-        )
-        await activities.conclude(self.bus, self.ledger, activities.Conclusion(key, outcome))
+        await conclude(self.bus, self.ledger, Ending(
+            ledger_key=key, command_id=command.id, command=command.name, vendor=command.vendor,
+            account=command.account, status=status, attempts=attempts, result=result, error=error,
+        ))
         self._outcomes.add(1, {"vendor": command.vendor, "status": status})
         log.info("%s/%s %s %s: %s", command.vendor, command.account, command.name, command.id, status)
 
     async def _refuse(self, key: str, command: Command, delivery: Delivery, refusal: Refusal) -> None:
         await self._finish(key, command, refusal.outcome, delivery.attempt, error=refusal.as_error())
         if refusal.outcome == "rejected":
-            await activities.dead_letter(self.bus, activities.DeadLetter(
-                vendor=command.vendor, account=command.account, command=command.name, command_id=command.id,
+            await dead_letter(self.bus, DeadLetter(
+                kind="commands", vendor=command.vendor, account=command.account, what=command.name,
+                command_id=command.id,
                 reason=refusal.reason, subject=delivery.subject, headers=delivery.headers, body=delivery.body,
                 error=refusal.as_error(),
             ))
@@ -216,8 +206,8 @@ class CommandHandler:
             key = ledger_key(command.vendor, command.account, command_id)
             await self._refuse(key, command, delivery, refusal)
             return
-        await activities.dead_letter(self.bus, activities.DeadLetter(
-            vendor="unknown", account="unknown", command="unparseable", command_id=command_id,
+        await dead_letter(self.bus, DeadLetter(
+            kind="commands", vendor="unknown", account="unknown", what="unparseable", command_id=command_id,
             reason=refusal.reason, subject=delivery.subject, headers=delivery.headers, body=delivery.body,
         ))
         log.warning("dead-lettered an unparseable message on %s: %s", delivery.subject, refusal.reason)

@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic_core import from_json
 
 from pbxbridge.bus import Bus
-from support import wait_for  # noqa: F401  (re-exported for the poller's tests)
+from support import wait_for  # noqa: F401  (re-exported for the poller tests)
 from pbxbridge.config import Account, Config, Settings
 
 REPO = Path(__file__).resolve().parents[2]

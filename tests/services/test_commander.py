@@ -254,7 +254,7 @@ async def test_commander_survives_a_bus_restart(settings: Settings, nats_server,
 
 def test_results_are_cloudevents_with_the_command_id() -> None:
     """A result's CloudEvent id derives from the command id and carries it as ce-commandid."""
-    from pbxbridge.bus.ledger import result_event
+    from pbxbridge.bus.outcomes import result_event
 
     result = Result(command_id="c-1", command="op.X", vendor="yemot", account="a", status="succeeded",
                     finished_at=datetime.now(timezone.utc))
