@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from pbxbridge.bus.envelope import schema_uri
+from pbxbridge.bus.outcomes import DEAD_LETTER_TYPE, DeadLetterData
 from pbxbridge.commands import NEUTRAL_COMMANDS, RESULT_TYPE, Result
 from pbxbridge.events import EVENT_TYPES
+from pbxbridge.recordings import RECORDING_JOB_TYPE, RecordingJob
 from pbxbridge.vendors import all_vendors, optional_module
 
 
@@ -42,6 +44,8 @@ def schemas() -> dict[str, dict[str, Any]]:
                 body = {**body, "examples": [op.example]}
             out[f"commands/{vendor.name}/{t}.json"] = _schema(t, body, f"{vendor.title}: {op.name}")
     out[f"results/{RESULT_TYPE}.json"] = _schema(RESULT_TYPE, Result.model_json_schema(), "command result")
+    out[f"dead-letters/{DEAD_LETTER_TYPE}.json"] = _schema(DEAD_LETTER_TYPE, DeadLetterData.model_json_schema(), "dead letter")
+    out[f"jobs/{RECORDING_JOB_TYPE}.json"] = _schema(RECORDING_JOB_TYPE, RecordingJob.model_json_schema(), "recordings job")
     return out
 
 

@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, Field
+
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri, utcnow
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.commands import RESULT_TYPE, Outcome, Result
@@ -72,6 +74,17 @@ async def republish(bus: "Bus", result: Result) -> None:
     await bus.publish(bus.subjects.result(result.vendor, result.account, result.command), result_event(result))
 
 
+class DeadLetterData(BaseModel):
+    """The body of a dead-letter entry on ``pbx.dlq.<kind>.<vendor>.<account>.<what>``."""
+
+    command_id: str
+    reason: str = Field(description="why it could not be handled, for a person to act on")
+    error: dict[str, Any] | None = None
+    subject: str = Field(description="where the message was published")
+    headers: dict[str, str] = Field(description="its CloudEvents headers")
+    body: Any = Field(description="its body: JSON with credential-like fields masked, else {'base64': ...}")
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     kind: str  # commands | recordings
@@ -92,14 +105,11 @@ async def dead_letter(bus: "Bus", letter: DeadLetter) -> None:
         body: Any = mask_params(json.loads(letter.body))
     except ValueError:
         body = {"base64": base64.b64encode(letter.body).decode()}
-    data = {
-        "command_id": letter.command_id,
-        "reason": letter.reason,
-        "error": letter.error,
-        "subject": letter.subject,
-        "headers": {k: v for k, v in letter.headers.items() if k.lower().startswith("ce-") or k == "Nats-Msg-Id"},
-        "body": body,
-    }
+    data = DeadLetterData(
+        command_id=letter.command_id, reason=letter.reason, error=letter.error, subject=letter.subject,
+        headers={k: v for k, v in letter.headers.items() if k.lower().startswith("ce-") or k == "Nats-Msg-Id"},
+        body=body,
+    ).model_dump(mode="json")
     event = CloudEvent(
         type=DEAD_LETTER_TYPE,
         source=f"pbxbridge/{letter.kind}",

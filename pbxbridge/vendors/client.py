@@ -184,7 +184,9 @@ class VendorClient:
         elif encoding == "form":
             kwargs["data"] = {k: _form_value(v) for k, v in params.items()}
         elif encoding == "multipart":
-            files = {k: v for k, v in params.items() if isinstance(v, (bytes, tuple))}
+            # Upload fields travel as JSON base64 in commands, as raw file parts on the wire.
+            raw = op.request_adapter.dump_python(request, by_alias=True, exclude_none=True)
+            files = {k: (k, v) for k, v in raw.items() if isinstance(v, bytes)}
             kwargs["files"] = files
             kwargs["data"] = {k: _form_value(v) for k, v in params.items() if k not in files}
         return self._http.build_request(op.method, path, **kwargs)

@@ -8,13 +8,15 @@ simulator's route and the coverage table in ``docs/``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import string
 from dataclasses import dataclass, field
 from functools import cached_property
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, SecretStr, PrivateAttr, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, SecretStr, PrivateAttr, TypeAdapter, ValidationError, WithJsonSchema, model_validator
 
 HttpMethod = Literal["GET", "POST", "DELETE", "PUT"]
 BodyEncoding = Literal["query", "json", "form", "multipart"]
@@ -35,6 +37,25 @@ def _json_if_str(value: Any) -> Any:
 # A structured parameter that travels as a JSON string inside a form or query (uContact's
 # ``black``, ``callspool``...): callers pass the object, the wire carries its JSON text.
 JsonEncoded = Annotated[T, BeforeValidator(_json_if_str)]
+
+
+def _bytes_or_base64(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError("a file must be given as base64") from None
+    return value
+
+
+# A file to upload (multipart): base64 in a JSON command, raw bytes on the wire and in the
+# simulator (which receives the file part).
+Upload = Annotated[
+    bytes,
+    BeforeValidator(_bytes_or_base64),
+    PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+]
 
 
 # A credential inside a request (Login's password): masked in repr and logs, real on the wire.

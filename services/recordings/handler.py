@@ -1,0 +1,165 @@
+"""The recordings protocol, per job:
+
+1. a command already ``done`` gets its stored result published again, nothing else;
+2. past its deadline it ends ``expired``;
+3. a recording already in the archive (another command asked before) is not fetched again:
+   the command succeeds with the archived facts and no second announcement;
+4. otherwise fetch, convert, archive, verify by SHA-256 read-back, announce
+   ``recording.archived`` once, and conclude ``succeeded``.
+
+A recording the vendor has not finished (``RecordingNotReady``) is retried later for up to
+``recording_max_wait`` seconds, never dropped; transient vendor errors are retried like
+commands; anything permanent ends ``failed`` with a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, asdict
+from datetime import datetime
+
+from opentelemetry import metrics
+from pydantic import ValidationError
+
+from pbxbridge.bus import Bus
+from pbxbridge.bus.envelope import CloudEvent, EnvelopeError, utcnow
+from pbxbridge.bus.ledger import Ledger
+from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, republish, retry_delay
+from pbxbridge.commands import RecordingFetch
+from pbxbridge.config import Config
+from pbxbridge.recordings import RecordingJob, RecordingNotReady
+from pbxbridge.vendors.client import VendorClient
+from pbxbridge.vendors.errors import VendorError
+from services.recordings import activities
+from services.recordings.convert import AudioError, archive_extension
+
+log = logging.getLogger("pbxbridge.recordings")
+
+
+@dataclass(frozen=True)
+class JobDelivery:
+    subject: str
+    headers: dict[str, str]
+    body: bytes
+    attempt: int
+    published_at: datetime
+
+
+@dataclass(frozen=True)
+class Disposition:
+    ack: bool
+    delay: float = 0.0
+
+
+ACK = Disposition(ack=True)
+
+
+def object_name(vendor: str, account: str, call_id: str, extension: str) -> str:
+    """Deterministic: the same call always lands on the same name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", call_id)
+    return f"{vendor}/{account}/{safe}.{extension}"
+
+
+class RecordingHandler:
+    def __init__(
+        self, config: Config, bus: Bus, ledger: Ledger, archive: activities.ObjectStoreArchive,
+        clients: dict[str, VendorClient],
+    ) -> None:
+        self.config, self.bus, self.ledger, self.archive, self.clients = config, bus, ledger, archive, clients
+        self.settings = config.settings
+        meter = metrics.get_meter("pbxbridge.recordings")
+        self._archived = meter.create_counter("pbxbridge.recordings_archived", unit="By", description="bytes archived")
+        self._not_ready = meter.create_counter("pbxbridge.recordings_not_ready", description="fetches put off")
+
+    async def handle(self, delivery: JobDelivery) -> Disposition:
+        try:
+            job = RecordingJob.model_validate(CloudEvent.from_nats(delivery.headers, delivery.body).data)
+        except (EnvelopeError, ValidationError) as exc:
+            await dead_letter(self.bus, DeadLetter(
+                kind="recordings", vendor="unknown", account="unknown", what="job",
+                command_id=delivery.headers.get("ce-id", "unknown"), reason=f"not a recording job: {exc}",
+                subject=delivery.subject, headers=delivery.headers, body=delivery.body,
+            ))
+            return ACK
+        entry, _ = await self.ledger.read(job.ledger_key)
+        if entry is not None and entry.state == "done" and entry.result is not None:
+            await republish(self.bus, entry.result)
+            return ACK
+        if job.deadline is not None and utcnow() > job.deadline:
+            await self._end(job, delivery, "expired", error={"kind": "expired", "message": "deadline passed before it ran"})
+            return ACK
+        try:
+            request = RecordingFetch.model_validate(job.params)
+            extension = archive_extension(request.format or self.settings.recording_format)
+            client = self.clients[f"{job.vendor}.{job.account}"]
+        except (ValidationError, AudioError, KeyError) as exc:
+            await self._fail(job, delivery, "rejected", {"kind": "rejected", "message": _reason(exc)})
+            return ACK
+        name = object_name(job.vendor, job.account, request.call_id, extension)
+        existing = await self.archive.find(name)
+        if existing is not None:
+            await self._end(job, delivery, "succeeded", result={**asdict(existing), "already_archived": True})
+            return ACK
+        return await self._fetch_and_archive(job, delivery, client, request, name)
+
+    async def _fetch_and_archive(
+        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str
+    ) -> Disposition:
+        try:
+            audio = await activities.fetch_audio(activities.Fetch(client, request))
+        except RecordingNotReady as exc:
+            waited = (utcnow() - delivery.published_at).total_seconds()
+            if waited < self.settings.recording_max_wait:
+                self._not_ready.add(1, {"vendor": job.vendor})
+                delay = retry_delay(self.settings, min(delivery.attempt, 6), exc.retry_after)
+                log.info("%s/%s call %s: recording not ready; again in %.1fs", job.vendor, job.account, request.call_id, delay)
+                return Disposition(ack=False, delay=delay)
+            await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s"})
+            return ACK
+        except VendorError as exc:
+            if exc.retryable and delivery.attempt < self.settings.command_max_deliver:
+                return Disposition(ack=False, delay=retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None)))
+            await self._fail(job, delivery, "failed", exc.as_dict())
+            return ACK
+        try:
+            converted = await activities.convert_audio(activities.Conversion(audio, request.format or self.settings.recording_format))
+        except AudioError as exc:
+            await self._fail(job, delivery, "failed", {"kind": "bad_audio", "message": str(exc), "source_format": audio.format})
+            return ACK
+        try:
+            archived = await self.archive.store_verified(name, converted, audio.format)
+        except activities.ChecksumMismatch as exc:
+            log.warning("%s; archiving again", exc)
+            return Disposition(ack=False, delay=retry_delay(self.settings, delivery.attempt))
+        await activities.announce(self.bus, activities.Announcement(
+            vendor=job.vendor, account=job.account, call_id=request.call_id, archived=archived,
+            command_id=job.command_id, source=audio.source,
+        ))
+        self._archived.add(archived.bytes, {"vendor": job.vendor, "codec": archived.codec})
+        await self._end(job, delivery, "succeeded", result=asdict(archived))
+        return ACK
+
+    async def _end(self, job: RecordingJob, delivery: JobDelivery, status: str, *, result=None, error=None) -> None:
+        await conclude(self.bus, self.ledger, Ending(
+            ledger_key=job.ledger_key, command_id=job.command_id, command=job.command, vendor=job.vendor,
+            account=job.account, status=status, attempts=delivery.attempt, result=result, error=error,
+        ))
+        log.info("%s/%s recording.fetch %s: %s", job.vendor, job.account, job.command_id, status)
+
+    async def _fail(self, job: RecordingJob, delivery: JobDelivery, status: str, error: dict) -> None:
+        await self._end(job, delivery, status, error=error)
+        await dead_letter(self.bus, DeadLetter(
+            kind="recordings", vendor=job.vendor, account=job.account, what="recording-fetch",
+            command_id=job.command_id, reason=error.get("message", status), subject=delivery.subject,
+            headers=delivery.headers, body=delivery.body, error=error,
+        ))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"invalid parameters: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    if isinstance(exc, KeyError):
+        return "no such account is configured for the recordings worker"
+    return str(exc)
