@@ -148,6 +148,16 @@ class VendorClient:
             except httpx.TransportError as exc:
                 raise VendorTransientError(f"cannot reach vendor: {type(exc).__name__}", **self._where(op)) from None
 
+    async def download(self, url: str, *, what: str = "download") -> bytes:
+        """GET a file the vendor pointed to (a recording's URL): same seam, limits and auth."""
+        await self.ensure_login()
+        response = await self._send(None, self._http.build_request("GET", url, headers=self.auth_headers()))
+        try:
+            self.raise_for_status(None, response)
+        except AuthExpired:
+            raise VendorAuthError(f"{what}: credentials refused", vendor=self.vendor.name, operation=what) from None
+        return response.content
+
     # ---- vendor hooks ----------------------------------------------------------------
 
     async def ensure_login(self) -> None:

@@ -135,3 +135,23 @@ async def test_vendor_outage_is_retried(rig: Rig) -> None:
     rig.sim.faults.error_rate = 0.0
     result = await task
     assert result.status == "succeeded" and result.attempts >= 3
+
+
+async def test_recording_still_processing_is_retried_not_dropped(settings: Settings, bus: Bus) -> None:
+    """SWAN answers 'processing' first: the job is put off, then archived once the audio exists."""
+    settings.command_backoff, settings.command_backoff_max = 0.05, 0.2
+    async with load("swan").Simulator(activity=False) as sim:
+        sim.processing_seconds = 0.8
+        call_id = sim.add_call("200", seconds=1.0)
+        config = Config(settings=settings, accounts=[sim.account("hq")])
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(s(config, bus, stop)) for s in (serve_commander, serve_recordings)]
+        try:
+            result = await send_command(
+                bus.nc, bus.subjects, "swan", "hq", "recording.fetch", {"call_id": call_id, "extension": "200"}, timeout=30
+            )
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert result.status == "succeeded" and result.attempts >= 2 and result.result["source_format"] == "mp3"
+    assert [o for op, o in sim.requests if op == "getRecording"].count("ok") >= 2
