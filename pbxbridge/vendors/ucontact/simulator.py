@@ -1,0 +1,242 @@
+"""A uContact simulator: campaigns and agents, dialer pool and schedules, blacklist, CDR, and
+recordings filed as MP3 or GSM in the four places the document lists, with the converter."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from pbxbridge.vendors.operation import Operation
+from pbxbridge.vendors.sim_audio import synth
+from pbxbridge.vendors.simulator import SimError, SimulatorBase, Unauthorized
+from pbxbridge.vendors.ucontact import operations as ops
+from pbxbridge.vendors.ucontact.operations import VENDOR
+
+USER = "integrations"
+PASSWORD = "sim-ucontact-password"
+MP3_GUID = "7e4e7db9-f080-494e-b04b-7c8e47711558"
+GSM_GUID = "2b1c0d7e-0000-4000-8000-000000000002"
+DAY = "20261120"
+
+
+def gsm_sample() -> bytes:
+    """A committed raw GSM 06.10 file (nothing here can encode GSM; see assets/README)."""
+    return resources.files("pbxbridge.vendors.ucontact").joinpath("assets/sample.gsm").read_bytes()
+
+
+def _campaign(name: str, strategy: str) -> dict[str, Any]:
+    return {"campaign": name, "availables": 0, "notavailables": 0, "paused": 0, "busy": 0, "busypaused": 0,
+            "totalagents": 0, "logged": 0, "onwrapup": 0, "completed": 0, "abandoned": 0, "talked": "00:00:00-0",
+            "hold": "00:00:00-0", "abandonedlevel": "0", "totalcalls": 0, "acd": 0, "servicelevel": "0.0",
+            "servicelevel2": "0.0", "strategy": strategy, "slevelthreshold": "15", "wrapup": 0}
+
+
+class UContactSimulator(SimulatorBase):
+    vendor = VENDOR
+    base_path = "/"
+
+    def __init__(self, *, user: str = USER, password: str = PASSWORD, **kwargs: Any) -> None:
+        self.user, self.password = user, password
+        super().__init__(**kwargs)
+
+    def seed_state(self) -> None:
+        self.campaigns = {"test->": _campaign("test->", "fewestcalls"), "Power<-": _campaign("Power<-", "leastrecent"),
+                          "Ventas->": _campaign("Ventas->", "ringall")}
+        self.agents = {
+            "SIP/1010": {"queue": "test->", "location": "SIP/1010", "membership": "", "name": "Daniel", "penalty": 0,
+                         "callsTaken": 0, "lastCall": 0, "status": 5, "paused": False, "incall": 0, "pausedreason": "[]"},
+            "SIP/1001": {"queue": "test->", "location": "SIP/1001", "membership": "", "name": "Santiago", "penalty": 0,
+                         "callsTaken": 0, "lastCall": 0, "status": 1, "paused": False, "incall": 0, "pausedreason": ""},
+        }
+        self.agent_calls: dict[str, str] = {"1010": MP3_GUID}  # agent phone -> call in progress
+        self.cdr: list[dict[str, Any]] = []
+        self.files: dict[str, bytes] = {}  # path on the recording servers -> audio
+        self.blacklist: list[dict[str, Any]] = []
+        self.pool: list[dict[str, Any]] = [{"campaign": "Ventas->", "destination": "098344484", "dialerbase": "basetest"}]
+        self.schedules: list[dict[str, Any]] = [
+            {"calldate": "2026-12-10 10:00:00", "campaign": "Ventas->", "destination": "098344484"}]
+        self.tasks: list[dict[str, Any]] = []
+        self.dispositions: list[dict[str, Any]] = []
+        self.tags: dict[str, str] = {}
+        self.uploads: list[dict[str, Any]] = []
+        self.add_recorded_call(MP3_GUID, when=datetime(2026, 11, 20, 10, 0, 0), place=f"records/{DAY}")
+        self.add_recorded_call(GSM_GUID, when=datetime(2026, 11, 20, 11, 0, 0), place=f"backup/records/{DAY}", gsm=True)
+        self._refresh()
+
+    def add_recorded_call(self, guid: str | None = None, *, when: datetime | None = None, place: str | None = None,
+                          gsm: bool = False, campaign: str = "test->") -> str:
+        """A finished call in the CDR, its recording filed at ``place`` (MP3, or GSM when ``gsm``)."""
+        guid = guid or str(uuid.UUID(int=self.random.getrandbits(128)))
+        when = when or datetime.now()
+        folder = when.strftime("%Y%m%d")
+        place = place or f"records/{folder}"
+        self.files[f"{place}/{guid}.{'gsm' if gsm else 'mp3'}"] = gsm_sample() if gsm else synth(2.0, "mp3", pitch=350)
+        self.cdr.append({"guid": guid, "calldate": when.strftime("%Y-%m-%d %H:%M:%S"), "agent": "Santiago",
+                         "campaign": campaign, "source": "59899123456", "destination": "1001", "duration": 2})
+        return guid
+
+    def _refresh(self) -> None:
+        for name, c in self.campaigns.items():
+            members = [a for a in self.agents.values() if a["queue"] == name]
+            c["totalagents"] = len(members)
+            c["availables"] = sum(1 for a in members if a["status"] == 1 and not a["paused"])
+            c["notavailables"] = sum(1 for a in members if a["status"] in (0, 4, 5))
+            c["paused"] = sum(1 for a in members if a["paused"])
+            c["busy"] = sum(1 for a in members if a["status"] in (2, 3, 6, 7, 8))
+            c["logged"] = len(members) - c["notavailables"]
+
+    def step(self) -> None:
+        for agent in self.agents.values():
+            agent["status"] = self.random.choice([1, 1, 2, 6, 9])
+        self.add_recorded_call(gsm=self.random.random() < 0.3, when=datetime.now() - timedelta(seconds=5))
+        self._refresh()
+
+    def state(self) -> dict[str, Any]:
+        return {"campaigns": self.campaigns, "agents": self.agents, "cdr": self.cdr[-20:], "blacklist": self.blacklist,
+                "pool": self.pool, "schedules": self.schedules, "files": sorted(self.files)}
+
+    # ---- HTTP: envelope, auth, recording servers --------------------------------------
+
+    def app(self) -> web.Application:
+        app = super().app()
+        app.router.add_get("/{place:(backup/)?records/.*}", self._recording_file)
+        return app
+
+    async def _recording_file(self, request: web.Request) -> web.StreamResponse:
+        data = self.files.get(request.match_info["place"])
+        if data is None:
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=data, content_type="audio/mpeg" if request.path.endswith(".mp3") else "audio/x-gsm")
+
+    def reply(self, op: Operation, payload: Any) -> web.StreamResponse:
+        if isinstance(payload, str):
+            return web.Response(text=payload, content_type="text/plain")
+        return super().reply(op, payload)
+
+    def error_reply(self, op: Operation | None, error: SimError) -> web.StreamResponse:
+        if isinstance(error, Unauthorized):
+            return web.Response(status=401, text="Unauthorized")
+        if error.code == "zero":
+            return web.Response(text="0", content_type="text/plain")
+        return web.Response(status=400, text=error.message)
+
+    def authenticate(self, op: Operation, request: web.Request, params: dict[str, Any]) -> None:
+        if op.name == "getUserToken":
+            return
+        header = request.headers.get("Authorization", "")
+        try:
+            user, _, token = base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")
+        except (ValueError, binascii.Error):
+            raise Unauthorized() from None
+        if user != self.user or not self.token_valid(token):
+            raise Unauthorized()
+
+    def account_credentials(self) -> tuple[str | None, dict[str, str]]:
+        return self.user, {"password": self.password}
+
+    # ---- operations -------------------------------------------------------------------
+
+    def getUserToken(self, req: ops.TokenRequest) -> str:
+        if req.user != self.user or req.password.get_secret_value() != self.password:
+            return "0"
+        return f'"{self.issue_token()}"'
+
+    def _call(self, req: ops.AgentCall) -> str:
+        if req.outqueue not in self.campaigns:
+            raise SimError("0", code="zero")
+        guid = str(uuid.UUID(int=self.random.getrandbits(128)))
+        self.agent_calls[req.phone] = guid
+        return guid
+
+    def AgentCall(self, req: ops.AgentCall) -> str:
+        return self._call(req)
+
+    def AgentCallwithData(self, req: ops.AgentCallWithData) -> str:
+        return self._call(req)
+
+    def HangupPhone(self, req: ops.HangupPhone) -> str:
+        if self.agent_calls.pop(req.phone, None) is None:
+            raise SimError("0", code="zero")
+        return "1"
+
+    def DispositionCall(self, req: ops.DispositionCall) -> dict:
+        if req.campaign not in self.campaigns:
+            raise SimError(f"Disposition not found for level1: {req.l1}, level2: {req.l2} level3: {req.l3}")
+        self.dispositions.append(req.model_dump(exclude_none=True))
+        if req.schedule:
+            self.schedules.append({"calldate": req.schedule, "campaign": req.camptoreschedule or req.campaign,
+                                   "destination": req.callerid or ""})
+        return {"Result": "ok", "txtcode": f"{req.l1}|{req.l2 or ''}|{req.l3 or ''}"}
+
+    def addblack(self, req: ops.AddBlack) -> str:
+        self.blacklist.append(req.black.model_dump(exclude_none=True))
+        return "1"
+
+    def getrecords(self, req: ops.GetRecords) -> list:
+        f = req.filter
+        rows = [r for r in self.cdr if f.calldatei <= r["calldate"] <= f.calldatef
+                and (not f.campaign or r["campaign"] == f.campaign) and (not f.agent or r["agent"] == f.agent)]
+        return rows[req.lastrow : req.lastrow + req.searchLimit]
+
+    def convert(self, req: ops.Convert) -> str:
+        for place in (f"records/{req.folder}", "records", f"backup/records/{req.folder}", "backup/records"):
+            if f"{place}/{req.guid}.gsm" in self.files:
+                self.files[f"records/{req.folder or ''}/{req.guid}.mp3".replace("//", "/")] = synth(2.0, "mp3", pitch=350)
+                return "1"
+        raise SimError("0", code="zero")
+
+    def TagRecord(self, req: ops.TagRecord) -> str:
+        self.tags[req.guid] = req.data
+        return ""
+
+    def Respool(self, req: ops.RespoolRequest) -> str:
+        self.pool.append(req.callspool.model_dump(exclude_none=True))
+        return "1"
+
+    def ScheduleDialerCall(self, req: ops.ScheduleDialerCall) -> str:
+        if req.callschedule.campaign not in self.campaigns:
+            raise SimError("0", code="zero")
+        self.schedules.append(req.callschedule.model_dump(exclude_none=True))
+        return "1"
+
+    def DialerTask(self, req: ops.DialerTask) -> str:
+        self.tasks.append(req.call.model_dump())
+        return "1"
+
+    def RemoveContact(self, req: ops.RemoveContact) -> str:
+        self.pool = [p for p in self.pool if not (p["campaign"] == req.campaign and p["destination"] == req.number)]
+        return "1"
+
+    def RemoveScheduleDialerCall(self, req: ops.RemoveScheduleDialerCall) -> str:
+        self.schedules = [s for s in self.schedules if not (
+            s["campaign"] == req.campaign and s["destination"] == req.destination and req.from_ <= s["calldate"] <= req.to)]
+        return "1"
+
+    def uploadbase(self, req: ops.UploadBase) -> str:
+        self.uploads.append(req.model_dump())
+        return "1"
+
+    def uploadbasewithtimezone(self, req: ops.UploadBaseWithTimezone) -> str:
+        return self.uploadbase(req)
+
+    def queuesummary(self, req: ops.NoParams) -> list:
+        stamp = datetime.now().strftime("%b %d, %Y %I:%M:%S %p")
+        rows = [{"queue": n, "loggedIn": c["logged"], "available": c["availables"], "callers": 0, "holdTime": 0,
+                 "talkTime": 0, "longestHoldTime": 0, "internalActionId": "1_1", "dateReceived": stamp}
+                for n, c in self.campaigns.items()]
+        return rows + [{"internalActionId": "1_1", "dateReceived": stamp}]
+
+    def campaignstatus(self, req: ops.CampaignStatusRequest) -> dict:
+        self._refresh()
+        if not req.queue:
+            return dict(self.campaigns)
+        if req.queue not in self.campaigns:
+            raise SimError(f"campaign {req.queue} not found")
+        agents = {k: a for k, a in self.agents.items() if a["queue"] == req.queue}
+        return {req.queue: self.campaigns[req.queue], **agents}
