@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BeforeValidator, Field
 
-from pbxbridge.vendors.operation import Operation, Reply, Request, Vendor, WireSecret
+from pbxbridge.vendors.operation import NoParams, Operation, Reply, Request, Vendor, WireSecret
 
 ISRAEL = ZoneInfo("Asia/Jerusalem")
 
@@ -119,6 +119,123 @@ class QueueRealTimeReply(Reply):
     entries: list[QueueEntry] = []
 
 
+# ---- GetIVR2DirStats -----------------------------------------------------------------
+
+class DirStatsRequest(Request):
+    path: str = Field(description="folder: / for the main extension, 1 or ext/1 for extension 1")
+
+
+class IvrFile(Reply):
+    exists: bool
+    name: str | None = None
+    uniqueId: str | None = None
+    what: str | None = Field(None, description="the file's path")
+    fileType: str | None = None
+    size: int | None = None
+    mtime: str | None = None
+    duration: float | None = Field(None, description="minutes")
+    durationStr: str | None = Field(None, description="mm:ss")
+    customerDid: Text | None = None
+    date: str | None = Field(None, description="dd/mm/yyyy hh:mm")
+    source: str | None = None
+    phone: Text | None = None
+
+
+class DirStatsReply(Reply):
+    type: str | None = None
+    thisPath: str
+    parentPath: str | None = None
+    dirsCount: int
+    filesCount: int
+    contentFilesCount: int
+    minFile: IvrFile | None = None
+    maxFile: IvrFile | None = None
+
+
+# ---- PirsumPhoneManagement -----------------------------------------------------------
+
+class PirsumRequest(Request):
+    action: Literal["GetRegistrationStatus", "Registration", "UnRegistration"]
+
+
+class PirsumReply(Reply):
+    registrationStatus: bool | None = Field(None, description="GetRegistrationStatus")
+    results: str | None = Field(None, description="Registration / UnRegistration: OK")
+
+
+# ---- CallExtensionBridging and RunTzintuk --------------------------------------------
+
+class PhoneGroup(Request):
+    phones: list[str] = Field(min_length=1)
+    callerId: str | None = None
+
+
+class PhoneWithCallerId(Request):
+    phone: str
+    callerId: str | None = None
+
+
+# "0501:0502", ["0501", "0502"], [{"phone", "callerId"}] or [{"phones": [...], "callerId"}]
+PhoneList = str | list[str] | list[PhoneWithCallerId] | list[PhoneGroup]
+
+
+class BridgingRequest(Request):
+    phones: PhoneList = Field(description="up to 500 numbers")
+    ivrPath: str = Field(description="where answered calls go, e.g. ivr2:/1/100")
+    callerId: str | None = None
+    callsTimeOut: int | None = Field(None, ge=1, le=35, description="seconds of ringing, default 30")
+
+
+class CampaignReply(Reply):
+    module: str | None = None
+    callerId: Text | None = None
+    callsCount: int
+    bilingPerCall: float | None = None  # sic
+    errors: dict[str, str] = Field(default_factory=dict, description="numbers not dialled, and why")
+    callsTimeout: int | None = None
+    campaignId: str
+
+
+class TzintukRequest(Request):
+    phones: PhoneList = Field(description="numbers to ring briefly (a missed call)")
+    callerId: str | None = None
+    TzintukTimeOut: int | None = Field(None, ge=1, le=16, description="seconds of ringing")
+
+
+# ---- SIP -----------------------------------------------------------------------------
+
+class SipContextsRequest(Request):
+    accountNumber: str | None = Field(None, description="default: the first SIP account")
+
+
+class SipContext(Reply):
+    expiration_time: YemotDate | None = None
+    uri: str | None = None
+    user_agent: str | None = None
+    via_addr: str | None = None
+    via_port: Text | None = None
+
+
+class SipContextsReply(Reply):
+    contexts: list[SipContext] = []
+
+
+class SipAccount(Reply):
+    userName: Text
+    createdDate: YemotDate | None = None
+    registered: bool
+
+
+class SipAccountsReply(Reply):
+    accounts: list[SipAccount] = []
+
+
+# ---- DownloadFile --------------------------------------------------------------------
+
+class DownloadRequest(Request):
+    path: str = Field(pattern=r"^ivr2?:", description="e.g. ivr2:/1/1/000.wav")
+
+
 VENDOR = Vendor(
     "yemot",
     "Yemot HaMashiach / call2all",
@@ -143,6 +260,38 @@ VENDOR = Vendor(
             "GetQueueRealTime", "GET", "GetQueueRealTime", QueueRealTimeRequest, QueueRealTimeReply, retry_safe=True,
             summary="A queue's agents and waiting callers, now.",
             example={"queuePath": "ivr2:/5"},
+        ),
+        Operation(
+            "GetIVR2DirStats", "GET", "GetIVR2DirStats", DirStatsRequest, DirStatsReply, retry_safe=True,
+            summary="A folder's counts of folders and files, and its lowest and highest audio file.",
+            example={"path": "1"},
+        ),
+        Operation(
+            "PirsumPhoneManagement", "GET", "PirsumPhoneManagement", PirsumRequest, PirsumReply, retry_safe=True,
+            summary="Registration to the advertising (pirsum) phone service: status, register, unregister.",
+            example={"action": "GetRegistrationStatus"},
+        ),
+        Operation(
+            "CallExtensionBridging", "POST", "CallExtensionBridging", BridgingRequest, CampaignReply, retry_safe=False,
+            encoding="json", summary="Call a list of numbers and bridge each answered call into an extension.",
+            example={"phones": ["0501234567", "0521234567"], "ivrPath": "ivr2:/1/100"},
+        ),
+        Operation(
+            "SipGetContexts", "GET", "SipGetContexts", SipContextsRequest, SipContextsReply, retry_safe=True,
+            summary="A SIP account's active registrations.", example={},
+        ),
+        Operation(
+            "GetSipAccountsRegisteredStatus", "GET", "GetSipAccountsRegisteredStatus", NoParams, SipAccountsReply,
+            retry_safe=True, summary="Every SIP account, and whether it is registered.",
+        ),
+        Operation(
+            "RunTzintuk", "POST", "RunTzintuk", TzintukRequest, CampaignReply, retry_safe=False, encoding="json",
+            summary="Ring a list of numbers briefly (a 'tzintuk', missed-call notification).",
+            example={"phones": "0501234567:0521234567"},
+        ),
+        Operation(
+            "DownloadFile", "GET", "DownloadFile", DownloadRequest, bytes, retry_safe=True,
+            summary="A file of the IVR (e.g. a recording), its bytes.", example={"path": "ivr2:/1/000.wav"},
         ),
     ],
 )

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from pbxbridge.vendors.operation import Operation
+from pbxbridge.vendors.sim_audio import synth
 from pbxbridge.vendors.simulator import SimError, SimulatorBase, Unauthorized
 from pbxbridge.vendors.yemot import operations as ops
 from pbxbridge.vendors.yemot.operations import ISRAEL, VENDOR
@@ -17,7 +18,7 @@ from pbxbridge.vendors.yemot.operations import ISRAEL, VENDOR
 SYSTEM_NUMBER = "0773137770"
 PASSWORD = "sim-yemot-password"
 
-SENDERS = ["972527654321", "972541112233", "972586667788", "972533334444"]
+SENDERS = ["972527654321", "972547654321", "972586667788", "972533334444"]
 TEXTS = ["שלום, אני רוצה לקבוע תור", "Hello from the simulator", "מה שעות הפתיחה?", "Please call me back"]
 
 
@@ -45,6 +46,14 @@ class YemotSimulator(SimulatorBase):
             self.add_sms()
         for _ in range(2):
             self.add_waiting_call("ivr2:/5")
+        # IVR folders: path -> {file name: seconds of audio}
+        self.folders: dict[str, dict[str, float]] = {"/": {}, "1": {"000.wav": 2.0, "001.wav": 3.0}, "1/100": {}}
+        self.pirsum_registered = False
+        self.sip_accounts = [
+            {"userName": SYSTEM_NUMBER, "createdDate": "2021-06-26 23:00:00", "registered": True},
+            {"userName": SYSTEM_NUMBER + "1", "createdDate": "2023-02-01 09:30:00", "registered": False},
+        ]
+        self.campaigns: list[dict[str, Any]] = []
 
     # ---- activity -------------------------------------------------------------------
 
@@ -73,9 +82,12 @@ class YemotSimulator(SimulatorBase):
                 e["Wait"] += int(self.activity_interval)
             if self.random.random() < 0.5:
                 self.add_waiting_call(q)
+        account = self.random.choice(self.sip_accounts)
+        account["registered"] = not account["registered"]
 
     def state(self) -> dict[str, Any]:
-        return {"sms": self.sms, "queues": self.queues}
+        return {"sms": self.sms, "queues": self.queues, "folders": self.folders, "sip_accounts": self.sip_accounts,
+                "campaigns": self.campaigns, "pirsum_registered": self.pirsum_registered}
 
     # ---- envelope and auth ----------------------------------------------------------
 
@@ -148,6 +160,85 @@ class YemotSimulator(SimulatorBase):
             "entries": list(queue["entries"].values()),
         }
 
+
+    # ---- IVR folders, services, SIP ---------------------------------------------------
+
+    @staticmethod
+    def _folder_key(path: str) -> str:
+        key = path.removeprefix("ivr2:").removeprefix("ivr:").strip("/").removeprefix("ext/")
+        return key or "/"
+
+    def _file_info(self, folder: str, name: str) -> dict[str, Any]:
+        seconds = self.folders[folder][name]
+        return {"exists": True, "name": name, "uniqueId": hashlib.md5(f"{folder}/{name}".encode()).hexdigest(),
+                "what": f"ivr2:/{folder.strip('/')}/{name}".replace(":///", ":/"), "fileType": "AUDIO",
+                "size": len(synth(seconds, "wav")), "mtime": "2026-11-20 10:00:00", "duration": round(seconds / 60, 3),
+                "durationStr": f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}", "customerDid": SYSTEM_NUMBER,
+                "date": "20/11/2026 10:00", "source": "upload", "phone": None}
+
+    def GetIVR2DirStats(self, req: ops.DirStatsRequest) -> dict:
+        key = self._folder_key(req.path)
+        if key not in self.folders:
+            raise SimError(f"path {req.path} not found", code="PATH_NOT_FOUND")
+        files = sorted(self.folders[key])
+        subfolders = [k for k in self.folders if k != key and k.rsplit("/", 1)[0] == key.strip("/") and "/" in k]
+        if key == "/":
+            subfolders = [k for k in self.folders if k != "/" and "/" not in k]
+        parent = key.rsplit("/", 1)[0] if "/" in key.strip("/") else "/"
+        return {"type": "menu", "thisPath": key, "parentPath": None if key == "/" else parent,
+                "dirsCount": len(subfolders), "filesCount": len(files), "contentFilesCount": len(files),
+                "minFile": self._file_info(key, files[0]) if files else {"exists": False},
+                "maxFile": self._file_info(key, files[-1]) if files else {"exists": False}}
+
+    def DownloadFile(self, req: ops.DownloadRequest) -> bytes:
+        folder, _, name = self._folder_key(req.path).rpartition("/")
+        folder = folder or "/"
+        if name not in self.folders.get(folder, {}):
+            raise SimError(f"file {req.path} not found", code="FILE_NOT_FOUND")
+        return synth(self.folders[folder][name], "wav", pitch=400 + 40 * len(name))
+
+    def PirsumPhoneManagement(self, req: ops.PirsumRequest) -> dict:
+        if req.action == "GetRegistrationStatus":
+            return {"registrationStatus": self.pirsum_registered}
+        self.pirsum_registered = req.action == "Registration"
+        return {"results": "OK"}
+
+    def _campaign(self, phones: Any, caller_id: str | None, timeout: int | None, module: str) -> dict:
+        numbers: list[str] = []
+        if isinstance(phones, str):
+            numbers = [p for p in phones.replace(",", ":").split(":") if p]
+        else:
+            for item in phones:
+                numbers += [item] if isinstance(item, str) else getattr(item, "phones", None) or [item.phone]
+        if len(numbers) > 500:
+            raise SimError("up to 500 numbers per campaign", code="TOO_MANY_PHONES")
+        errors = {n: "not Vaild" for n in numbers if not (n.isdigit() and 9 <= len(n) <= 12)}  # sic, as Yemot
+        campaign = {"module": module, "callerId": caller_id or SYSTEM_NUMBER, "callsCount": len(numbers) - len(errors),
+                    "bilingPerCall": 1, "errors": errors, "callsTimeout": timeout or 30,
+                    "campaignId": f"YA-1-{SYSTEM_NUMBER}-Yemot-{next(self._sms_seq)}"}
+        self.campaigns.append(campaign)
+        return campaign
+
+    def CallExtensionBridging(self, req: ops.BridgingRequest) -> dict:
+        if self._folder_key(req.ivrPath) not in self.folders:
+            raise SimError(f"ivrPath {req.ivrPath} not found", code="PATH_NOT_FOUND")
+        return self._campaign(req.phones, req.callerId, req.callsTimeOut, "menu")
+
+    def RunTzintuk(self, req: ops.TzintukRequest) -> dict:
+        return self._campaign(req.phones, req.callerId, req.TzintukTimeOut, "tzintuk")
+
+    def SipGetContexts(self, req: ops.SipContextsRequest) -> dict:
+        number = req.accountNumber or self.sip_accounts[0]["userName"]
+        account = next((a for a in self.sip_accounts if a["userName"] == number), None)
+        if account is None:
+            raise SimError(f"SIP account {number} not found", code="SIP_NOT_FOUND")
+        if not account["registered"]:
+            return {"contexts": []}
+        return {"contexts": [{"expiration_time": "2026-11-22 23:59:00", "uri": f"sip:{number}@192.168.1.99:5060",
+                              "user_agent": "Yealink SIP-T29G", "via_addr": "192.168.1.110", "via_port": "5060"}]}
+
+    def GetSipAccountsRegisteredStatus(self, req: ops.NoParams) -> dict:
+        return {"accounts": self.sip_accounts}
 
 def _date_of(row: dict) -> str:
     return row["server_date"].split(" ")[1]
