@@ -26,7 +26,7 @@ CONSUMER = "commander"
 def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
     settings = config.settings
     slowest_call = max((a.options.timeout for a in config.accounts), default=10.0)
-    broker = NatsBroker(bus.url, log_level=logging.DEBUG)
+    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
 
     @broker.subscriber(
         bus.subjects.all_commands,

@@ -26,7 +26,7 @@ CONCURRENCY = 4  # conversions are CPU-bound: a few at a time per replica
 
 def build_broker(bus: Bus, handler: RecordingHandler, config: Config) -> NatsBroker:
     settings = config.settings
-    broker = NatsBroker(bus.url, log_level=logging.DEBUG)
+    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
 
     @broker.subscriber(
         f"{bus.subjects.prefix}.jobs.recordings.>",
