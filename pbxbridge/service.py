@@ -55,6 +55,10 @@ def faststream_app(name: str, serve: Serve) -> FastStream:
         if "task" in running:
             with contextlib.suppress(Exception):
                 await running["task"]
+
+    @app.after_shutdown
+    async def close_bus() -> None:
+        # After FastStream has closed its broker: the embedded server must outlive it.
         await exits.aclose()
 
     return app

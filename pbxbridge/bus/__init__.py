@@ -68,7 +68,10 @@ async def open_bus(settings: Settings, *, name: str = "pbxbridge") -> AsyncItera
             await ensure_all(js, settings)
             yield Bus(settings, nc, js, Subjects(settings.prefix), Names(settings.prefix), url)
         finally:
-            await nc.drain()
+            try:
+                await nc.drain()
+            except nats.errors.Error as exc:  # the server went first: nothing left to flush
+                log.warning("NATS connection not drained cleanly: %s", exc)
     finally:
         if embedded:
             await embedded.stop()

@@ -62,6 +62,9 @@ class EmbeddedNats:
             [find_binary(), "-js", "-sd", str(self.data_dir / "jetstream"), "-a", self.host, "-p", str(self.port)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C reaches the workers, which drain and then stop
+            # the server, instead of killing the server under them.
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
