@@ -16,6 +16,7 @@ import email.utils
 import json
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol
 
 import httpx
@@ -28,9 +29,11 @@ from pbxbridge.vendors.errors import (
     AuthExpired,
     MalformedReplyError,
     VendorAuthError,
+    VendorDeadlineExceeded,
     VendorNotFound,
     VendorPermanentError,
     VendorRateLimited,
+    VendorReplyTooLarge,
     VendorTimeout,
     VendorTransientError,
 )
@@ -100,14 +103,18 @@ class VendorClient:
 
     # ---- the public call -------------------------------------------------------------
 
-    async def call(self, operation: str | Operation, params: Any = None) -> Any:
-        """Call one documented operation; returns its parsed reply, raises a VendorError."""
+    async def call(self, operation: str | Operation, params: Any = None, *, deadline: datetime | None = None) -> Any:
+        """Call one documented operation; returns its parsed reply, raises a VendorError.
+
+        ``deadline`` (aware UTC): if it passes while the call waits for a slot, the rate limiter
+        or a login, ``VendorDeadlineExceeded`` is raised and the vendor is never reached; once
+        sent, the request runs under the time that is left."""
         op = self.vendor.operation(operation)
         request = op.parse_request(params)
         for attempt in (1, 2):
             await self.ensure_login()
             http_request = self.build_request(op, request)
-            response = await self._send(op, http_request)
+            response = await self._send(op, http_request, deadline=deadline)
             try:
                 payload = self.decode(op, response)
             except AuthExpired:
@@ -137,21 +144,59 @@ class VendorClient:
 
     # ---- the seam --------------------------------------------------------------------
 
-    async def _send(self, op: Operation | None, request: httpx.Request) -> httpx.Response:
-        """The one place that touches the network."""
+    async def _send(
+        self, op: Operation | None, request: httpx.Request, *, deadline: datetime | None = None,
+        max_bytes: int | None = None,
+    ) -> httpx.Response:
+        """The one place that touches the network.
+
+        One time limit covers the whole exchange (connect, headers and every byte of the body):
+        httpx's timeouts are per read, and a vendor trickling its reply would satisfy them
+        forever. The body is read under a size cap, counted after decompression."""
+        opts = self.account.options
         async with self._slots:
             await self._limiter.acquire()
+            budget = opts.timeout
+            if deadline is not None:
+                left = (deadline - datetime.now(timezone.utc)).total_seconds()
+                if left <= 0:
+                    raise VendorDeadlineExceeded("the deadline passed before the vendor was called", **self._where(op))
+                budget = min(budget, left)
             try:
-                return await self._http.send(request)
-            except httpx.TimeoutException:
-                raise VendorTimeout(f"no reply within {self.account.options.timeout}s", **self._where(op)) from None
+                async with asyncio.timeout(budget):
+                    return await self._receive(op, request, max_bytes or opts.max_reply_bytes)
+            except (TimeoutError, httpx.TimeoutException):
+                raise VendorTimeout(f"no complete reply within {budget:.1f}s", **self._where(op)) from None
             except httpx.TransportError as exc:
                 raise VendorTransientError(f"cannot reach vendor: {type(exc).__name__}", **self._where(op)) from None
+
+    async def _receive(self, op: Operation | None, request: httpx.Request, max_bytes: int) -> httpx.Response:
+        response = await self._http.send(request, stream=True)
+        try:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise VendorReplyTooLarge(f"reply of {declared} bytes exceeds the {max_bytes}-byte cap", **self._where(op))
+            body, size = bytearray(), 0
+            async for chunk in response.aiter_bytes():  # decompressed: a gzip bomb is caught here
+                size += len(chunk)
+                if size > max_bytes:
+                    raise VendorReplyTooLarge(f"reply exceeds the {max_bytes}-byte cap", **self._where(op))
+                body += chunk
+        finally:
+            await response.aclose()
+        # A plain response holding the decoded body: the encoding headers no longer apply.
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(
+            response.status_code, headers=headers, content=bytes(body), request=request,
+            history=response.history, extensions=response.extensions,
+        )
 
     async def download(self, url: str, *, what: str = "download") -> bytes:
         """GET a file the vendor pointed to (a recording's URL): same seam, limits and auth."""
         await self.ensure_login()
-        response = await self._send(None, self._http.build_request("GET", url, headers=self.auth_headers()))
+        request = self._http.build_request("GET", url, headers=self.auth_headers())
+        response = await self._send(None, request, max_bytes=self.account.options.max_download_bytes)
         try:
             self.raise_for_status(None, response)
         except AuthExpired:

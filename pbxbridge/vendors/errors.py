@@ -7,7 +7,10 @@
     │   └── VendorRateLimited    429 / throttled; ``retry_after`` says how long to wait
     ├── VendorPermanentError     the vendor understood and said no; ``code`` + ``message``
     │   └── VendorNotFound       the thing asked about does not exist (404-like)
-    └── MalformedReplyError      the reply is not what the vendor's document promises
+    ├── MalformedReplyError      the reply is not what the vendor's document promises
+    │   └── VendorReplyTooLarge  the reply passed the size cap (counted after decompression)
+    └── VendorDeadlineExceeded   the caller's deadline passed before the request was sent:
+                                 the vendor was certainly not reached
 
 Every error carries ``vendor`` and ``operation`` and says whether it is ``retryable``.
 Messages never contain URLs, query strings, headers or bodies we sent: Yemot puts the
@@ -93,6 +96,14 @@ class MalformedReplyError(VendorError):
         super().__init__(message, **kw)
         # A short excerpt of what came back helps debugging; replies carry no secrets of ours.
         self.excerpt = excerpt[:200]
+
+
+class VendorReplyTooLarge(MalformedReplyError):
+    kind = "reply_too_large"
+
+
+class VendorDeadlineExceeded(VendorError):
+    kind = "expired"
 
 
 class AuthExpired(Exception):

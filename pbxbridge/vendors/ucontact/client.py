@@ -58,7 +58,8 @@ class UContactClient(VendorClient):
 
     async def recording_file(self, url: str) -> bytes | None:
         """A recording at one of its possible places, or None when it is not there."""
-        response = await self._send(None, self._http.build_request("GET", url, headers=self.auth_headers()))
+        request = self._http.build_request("GET", url, headers=self.auth_headers())
+        response = await self._send(None, request, max_bytes=self.account.options.max_download_bytes)
         if response.status_code == 404:
             return None
         self.raise_for_status(None, response)
