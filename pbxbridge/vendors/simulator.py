@@ -328,6 +328,7 @@ async def gzip_bomb(request: web.Request, size: int, *, chunk: int = 2**20) -> w
     try:
         for sent in range(0, size, chunk):
             await response.write(compressor.compress(zeros[: min(chunk, size - sent)]))
+            await asyncio.sleep(0)  # small writes never wait to drain: let the client (and others) run
         await response.write(compressor.flush())
         await response.write_eof()
     except (ConnectionError, asyncio.CancelledError):
