@@ -50,6 +50,7 @@ class Faults(BaseModel):
     trickle_interval: float = Field(0.05, gt=0, description="seconds between trickled bytes")
     gzip_bomb_rate: float = Field(0.0, ge=0, le=1, description="answer 200 with a gzip body of gzip_bomb_bytes zeros")
     gzip_bomb_bytes: int = Field(4 * 2**30, ge=1, description="decompressed size of the gzip bomb")
+    bom_rate: float = Field(0.0, ge=0, le=1, description="put a UTF-8 byte-order mark before the reply")
 
 
 class SimError(Exception):
@@ -193,6 +194,8 @@ class SimulatorBase:
             return await gzip_bomb(request, f.gzip_bomb_bytes)
         trickle = bool(f.trickle_rate and roll() < f.trickle_rate)
         response = await self._answer(op, request)
+        if f.bom_rate and roll() < f.bom_rate and isinstance(getattr(response, "body", None), bytes):
+            response.body = b"\xef\xbb\xbf" + response.body
         return await trickled(request, response, f.trickle_interval) if trickle else response
 
     async def _answer(self, op: Operation, request: web.Request) -> web.StreamResponse:
