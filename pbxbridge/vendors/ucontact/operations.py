@@ -34,8 +34,10 @@ def _documented_one(value: object) -> bool:
 
 # The documented "Resultado: 1": true, or the reply is malformed (never "false" reported as done).
 Flag = Annotated[bool, BeforeValidator(_documented_one)]
-# A call's GUID: one word of letters, digits and ``.-_:`` (an HTML page or an empty body is not).
-CallGuid = Annotated[Text, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+# A call's GUID: a UUID like the document's example (7e4e7db9-f080-494e-b04b-7c8e47711558), or
+# an Asterisk unique id (1542305234.123). A page, an empty body or other words are not one.
+CallGuid = Annotated[Text, StringConstraints(
+    pattern=r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|\d{6,}\.\d+)$")]
 # getUserToken's token, a quoted string: printable, no blanks or markup.
 SessionToken = Annotated[Text, StringConstraints(pattern=r"^[A-Za-z0-9._~+/=:-]{4,512}$")]
 
