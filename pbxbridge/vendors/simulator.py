@@ -265,7 +265,8 @@ class SimulatorBase:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: a free port); returns the base URL for an account."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # A test that gave up on a hanging reply must not wait for it at shutdown.
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
