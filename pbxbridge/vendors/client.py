@@ -18,7 +18,6 @@ import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol
-from urllib.parse import urlsplit
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -244,10 +243,13 @@ class VendorClient:
         raise AssertionError("unreachable")
 
     def is_account_host(self, url: str) -> bool:
-        """Is ``url`` (absolute or relative to the base URL) on the account's own scheme, host and port?"""
-        target = self._http.build_request("GET", url).url
-        base = self._http.base_url
-        return (target.scheme, target.host, target.port) == (base.scheme, base.host, base.port)
+        """Is ``url`` (absolute or relative to the base URL) on one of the account's own origins?"""
+        return url_origin(self._http.build_request("GET", url).url) in self.account_origins()
+
+    def account_origins(self) -> set[tuple[str, str, int | None]]:
+        """Origins (scheme, host, port) trusted with the account's credentials: the base URL's,
+        and any server the account's own settings name (never one a vendor reply names)."""
+        return {url_origin(self._http.base_url)}
 
     # ---- vendor hooks ----------------------------------------------------------------
 
@@ -382,6 +384,12 @@ class VendorClient:
 
     def _label(self, op: Operation | None) -> str:
         return f"{self.vendor.name}/{self.account.id}/{op.name if op else '-'}"
+
+
+def url_origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
+    """(scheme, host, port): what decides whether a URL may receive credentials."""
+    url = httpx.URL(url)
+    return url.scheme, url.host, url.port
 
 
 def _query_value(v: Any) -> Any:

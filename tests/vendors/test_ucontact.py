@@ -197,3 +197,15 @@ async def test_recording_download_refused_twice_is_an_auth_error(monkeypatch: py
         with pytest.raises(VendorAuthError):
             await fetch_recording(client, RecordingFetch(call_id=MP3_GUID, call_date=datetime(2026, 11, 20, 10)))
     assert logins(sim) == 2
+
+
+async def test_recording_servers_named_in_the_account_get_the_session() -> None:
+    """A backup server on another host, named by the account's backup_url, is trusted with the
+    session (the GSM recording lives there); a host no setting names is not."""
+    async with Simulator(activity=False) as sim:
+        backup = sim.url.replace("127.0.0.1", "localhost") + "backup/"
+        async with Client(sim.account(backup_url=backup)) as client:
+            audio = await fetch_recording(client, RecordingFetch(call_id=GSM_GUID, call_date=datetime(2026, 11, 20, 11)))
+            assert client.is_account_host(backup + "records/x.gsm")
+            assert not client.is_account_host("http://localhost:1/records/x.gsm")
+    assert audio.format == "mp3" and ("recording", "error:auth") not in sim.requests

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from pbxbridge.vendors.client import VendorClient
+from pbxbridge.vendors.client import VendorClient, url_origin
 from pbxbridge.vendors.errors import MalformedReplyError, VendorAuthError, VendorNotFound, VendorPermanentError
 from pbxbridge.vendors.operation import Operation
 from pbxbridge.vendors.ucontact.operations import VENDOR
@@ -55,6 +55,11 @@ class UContactClient(VendorClient):
         if text.startswith(("[", "{")):
             return self.json(op, response)
         return text  # a bare answer: the operation's reply type says which shapes are success
+
+    def account_origins(self) -> set[tuple[str, str, int | None]]:
+        # The recording servers ("Telefonía", "RespaldoGrabaciones") are account settings.
+        extra = self.account.options.model_extra or {}
+        return super().account_origins() | {url_origin(extra[k]) for k in ("telephony_url", "backup_url") if extra.get(k)}
 
     async def recording_file(self, url: str) -> bytes | None:
         """A recording at one of its possible places, or None when it is not there."""
