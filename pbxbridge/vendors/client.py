@@ -43,6 +43,7 @@ log = logging.getLogger("pbxbridge.vendors")
 
 _BOM = "\ufeff"
 _LOGIN_PAGE_HINTS = ("login", "signin", "sign-in", "logon", "auth")
+_MAX_REDIRECTS = 5
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -218,29 +219,38 @@ class VendorClient:
     async def download(self, url: str, *, what: str = "download", missing_ok: bool = False) -> bytes | None:
         """GET a file the vendor pointed to (a recording's URL): same seam, limits and auth.
 
-        The account's credentials go only to the account's own host: a URL handed out by the
-        vendor may point anywhere. A refused session is renewed once, then ``VendorAuthError``;
-        with ``missing_ok`` a 404 is ``None`` (a place where the file is not)."""
-        own_host = self.is_account_host(url)
+        The account's credentials go only to the account's own origins: a URL handed out by
+        the vendor, or a redirect, may point anywhere. A refused session is renewed once, then
+        ``VendorAuthError``; with ``missing_ok`` a 404 is ``None`` (a place the file is not)."""
         for attempt in (1, 2):
-            if own_host:
-                await self.ensure_login()
-            request = self._http.build_request(
-                "GET", url, headers=self.auth_headers() if own_host else {},
-                params=self.download_auth_params() if own_host else None)
-            response = await self._send(None, request, max_bytes=self.account.options.max_download_bytes)
+            response = await self._get_file(url)
             if missing_ok and response.status_code == 404:
                 return None
             try:
                 self.raise_for_status(None, response)
             except AuthExpired:
-                if attempt == 2 or not own_host:
+                if attempt == 2 or not self.is_account_host(str(response.request.url)):
                     raise VendorAuthError(f"{what}: credentials refused", vendor=self.vendor.name, operation=what) from None
                 log.info("%s: %s refused, logging in again", self._label(None), what)
                 await self._forget_session()
                 continue
             return response.content
         raise AssertionError("unreachable")
+
+    async def _get_file(self, url: str) -> httpx.Response:
+        """GET, following redirects by hand so that each hop decides on its own whether it gets
+        credentials; a redirect to a login page is returned (it means the session is gone)."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            own = self.is_account_host(url)
+            if own:
+                await self.ensure_login()
+            request = self._http.build_request("GET", url, headers=self.auth_headers() if own else {})
+            response = await self._send(None, request, max_bytes=self.account.options.max_download_bytes)
+            location = response.headers.get("Location")
+            if not (response.is_redirect and location) or _is_login_page(location):
+                return response
+            url = str(request.url.join(location))
+        raise MalformedReplyError(f"more than {_MAX_REDIRECTS} redirects", vendor=self.vendor.name)
 
     def is_account_host(self, url: str) -> bool:
         """Is ``url`` (absolute or relative to the base URL) on one of the account's own origins?"""
@@ -328,10 +338,6 @@ class VendorClient:
         """Credentials that travel as parameters (Yemot's ``token``)."""
         return {}
 
-    def download_auth_params(self) -> dict[str, Any] | None:
-        """Credentials a file download on the account's host carries as parameters."""
-        return None
-
     def decode(self, op: Operation, response: httpx.Response) -> Any:
         """Unwrap the vendor's envelope; map HTTP statuses to the error hierarchy."""
         self.raise_for_status(op, response)
@@ -345,8 +351,7 @@ class VendorClient:
         status = response.status_code
         where = self._where(op)
         if 300 <= status < 400:
-            location = response.headers.get("Location", "")
-            if any(hint in location.lower() for hint in _LOGIN_PAGE_HINTS):
+            if _is_login_page(response.headers.get("Location", "")):
                 raise AuthExpired()  # sent to a login page: the session is gone
             raise MalformedReplyError(f"unexpected redirect (HTTP {status})", **where)
         if status < 400:
@@ -384,6 +389,10 @@ class VendorClient:
 
     def _label(self, op: Operation | None) -> str:
         return f"{self.vendor.name}/{self.account.id}/{op.name if op else '-'}"
+
+
+def _is_login_page(location: str) -> bool:
+    return any(hint in location.lower() for hint in _LOGIN_PAGE_HINTS)
 
 
 def url_origin(url: httpx.URL | str) -> tuple[str, str, int | None]:

@@ -15,6 +15,7 @@ from pbxbridge.vendors.errors import MalformedReplyError, VendorAuthError, Vendo
 from pbxbridge.vendors.swan import Client, Simulator
 from pbxbridge.vendors.swan.neutral import NEUTRAL
 from pbxbridge.vendors.swan.recordings import fetch_recording
+from pbxbridge.vendors.swan.simulator import API_KEY
 
 
 async def test_status_write_is_read_back() -> None:
@@ -112,3 +113,35 @@ async def test_error_flag_of_unknown_shape_is_malformed(monkeypatch: pytest.Monk
     async with Simulator(activity=False) as sim, Client(sim.account()) as client:
         with pytest.raises(MalformedReplyError):
             await client.call("getUsername", {"extension": "200"})
+
+
+async def test_redirected_download_sends_the_key_only_to_the_pbx() -> None:
+    """A recording URL on the PBX redirecting to another host: the PBX hop carries the API key,
+    the other host's hop carries nothing, and the file arrives."""
+    seen: dict[str, dict[str, str]] = {}
+
+    async def own(request: web.Request) -> web.Response:
+        seen["own"] = dict(request.headers)
+        raise web.HTTPFound(f"http://localhost:{request.url.port}/cdn/1.mp3")
+
+    async def cdn(request: web.Request) -> web.Response:
+        seen["cdn"] = dict(request.headers)
+        return web.Response(body=b"ID3audio")
+
+    app = web.Application()
+    app.router.add_get("/recordings/1.mp3", own)
+    app.router.add_get("/cdn/1.mp3", cdn)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"
+    try:
+        async with Simulator(activity=False) as sim:
+            account = sim.account().model_copy(update={"base_url": base})
+        async with Client(account) as client:
+            data = await client.download("recordings/1.mp3", what="recording")
+    finally:
+        await runner.cleanup()
+    assert data == b"ID3audio"
+    assert seen["own"].get("X-API-Key") == API_KEY and "X-API-Key" not in seen["cdn"]
