@@ -7,7 +7,8 @@ uses, checks auth through the vendor's hook, injects faults, and wraps replies i
 envelope through ``reply`` / ``error_reply``.
 
 Control endpoints under ``/_sim/`` let tests and users steer a running simulator:
-``GET/POST /_sim/faults`` (read / change fault settings), ``POST /_sim/expire-tokens``,
+``GET/POST /_sim/faults`` (read / change fault settings; an unknown key or a bad value is
+400 and changes nothing), ``POST /_sim/expire-tokens``,
 ``POST /_sim/tick`` (generate one round of activity now), ``GET /_sim/state``.
 """
 

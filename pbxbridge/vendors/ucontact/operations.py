@@ -117,10 +117,16 @@ class DispositionCall(Request):
     tag: str | None = None
 
 
+def _ok(value: str) -> str:
+    if value.lower() != "ok":
+        raise ValueError(f"Result is {value[:40]!r}, not ok")
+    return value
+
+
 class DispositionReply(Reply):
     """JSON ``{"Result": "ok", "txtcode": ...}``, or the bare ``1`` the document also gives."""
 
-    Result: Annotated[str, AfterValidator(lambda v: v if v.lower() == "ok" else _not_ok(v))]
+    Result: Annotated[str, AfterValidator(_ok)]
     txtcode: str | None = None
 
     @model_validator(mode="before")
@@ -129,10 +135,6 @@ class DispositionReply(Reply):
         if not isinstance(value, dict) and _documented_one(value):
             return {"Result": "ok"}
         return value
-
-
-def _not_ok(value: str) -> str:
-    raise ValueError(f"Result is {value[:40]!r}, not ok")
 
 
 class BlackEntry(Request):
