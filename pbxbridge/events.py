@@ -15,7 +15,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 class Phone(BaseModel):
     raw: str | None = Field(description="as the vendor wrote it")
-    e164: str | None = Field(description="E.164, or null when it is not a valid phone number")
+    e164: str | None = Field(description="E.164, or null when it is not a possible phone number for its region")
+    valid: bool = Field(False, description="whether the phone library knows the number's block as allocated")
 
 
 class EventData(BaseModel):
