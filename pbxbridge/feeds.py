@@ -66,3 +66,51 @@ def feeds_of(vendor: str) -> list[Feed]:
 
     module = optional_module(vendor, "feeds")
     return list(getattr(module, "FEEDS", [])) if module is not None else []
+
+
+# ---- state feeds ---------------------------------------------------------------------------
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One entity as seen in a snapshot: who it is and the part of it whose change is news."""
+
+    entity: str  # stable identity: extension, agent, queue, call id...
+    state: dict[str, Any]  # JSON-able; a different value at the next look is a change
+    original: Any  # the vendor's record, unchanged, for the event's ``original``
+
+
+@dataclass(frozen=True)
+class EntityChange:
+    """What a state feed's ``build`` is told: an entity appeared, changed or disappeared."""
+
+    entity: str
+    change: str  # appeared | changed | disappeared
+    sequence: int  # this entity's change counter (kept with the snapshot)
+    before: dict[str, Any] | None  # the state at the last look; None when it appeared
+    after: dict[str, Any] | None  # the state now; None when it disappeared
+    original: Any  # the vendor's record now (the last one seen, when it disappeared)
+
+
+@dataclass(frozen=True)
+class StateFeed:
+    """Vendor state that the vendor shows only as *now* (registrations, presence, queues,
+    calls in progress), declared once.
+
+    The poller fetches the whole snapshot, compares it with the previous one kept in KV and
+    publishes one event per entity that appeared, changed or disappeared; the first look
+    publishes every entity as ``appeared``. ``build`` turns a change into (event type, the
+    event's own fields), or None when the change is not news for this feed (a call that
+    merely changed state inside a ``call.started``/``call.ended`` feed, say).
+    """
+
+    name: str  # stable: part of event ids, snapshot and lease keys
+    events: tuple[type[EventData], ...]  # every event type ``build`` may return
+    fetch: Callable[["VendorClient", "Account"], Awaitable[Sequence[Observation]]]
+    build: Callable[[EntityChange, "Account"], tuple[type[EventData], dict[str, Any]] | None]
+    interval: float | None = None  # default poll interval for this feed; the account's otherwise
+
+    def matches(self, names: Sequence[str] | None) -> bool:
+        return names is None or self.name in names or any(e.event in names for e in self.events)
