@@ -53,7 +53,7 @@ def test_missing_environment_variable_is_named(tmp_path: Path) -> None:
 
 def test_bad_setting_in_environment_is_named(tmp_path: Path) -> None:
     """A malformed PBX_* variable stops start-up naming the setting."""
-    with pytest.raises(ConfigError, match="replicas"):
+    with pytest.raises(ConfigError, match="PBX_REPLICAS"):
         load_config(None, environ={"PBX_REPLICAS": "many"})
 
 
