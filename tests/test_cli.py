@@ -296,6 +296,19 @@ def test_run_refuses_an_unknown_recording_format(tmp_path: Path) -> None:
     assert "PBX_RECORDING_FORMAT" in _one_line(out.stderr) and "'opus'" in out.stderr
 
 
+@pytest.mark.parametrize(
+    "entry_point",
+    [["-m", "services.recordings"], ["-m", "faststream", "run", "services.recordings.app:app"]],
+    ids=["python -m", "faststream run"],
+)
+def test_worker_entry_points_refuse_bad_settings_in_one_line(entry_point: list[str]) -> None:
+    """The workers' own entry points stop on a bad setting with exit 2 and one line, like `run`."""
+    env = _env(PBX_RECORDING_FORMAT="ogg", PBX_NATS_URL=UNREACHABLE)
+    out = subprocess.run([sys.executable, *entry_point], capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 2
+    assert "PBX_RECORDING_FORMAT" in _one_line(out.stderr)
+
+
 def test_run_without_accounts_explains_itself() -> None:
     """No config at all is refused with a pointer to the example."""
     env = {k: v for k, v in os.environ.items() if k != "PBX_CONFIG"}
