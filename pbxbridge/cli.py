@@ -17,12 +17,15 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from pbxbridge import catalog
 from pbxbridge.config import ConfigError, Settings, load_config, load_settings, masked_url
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("pbxbridge")
@@ -173,7 +176,7 @@ def _refuse_session_operation(vendor: str, command: str) -> None:
         _fail(f"{command} is {vendor}'s session login, which pbxbridge runs itself; it is not a command")
 
 
-async def _connect(settings: Settings, name: str, timeout: float):
+async def _connect(settings: Settings, name: str, timeout: float) -> NatsClient:
     """A NATS connection for a one-shot command, or one line saying which URL did not answer."""
     from pbxbridge.bus import BusUnreachable, connect_nats
 

@@ -186,6 +186,7 @@ def _refuse_unknown_options(model: type[BaseModel], options: dict[str, Any]) -> 
             ],
         )
 
+
 class AccountConfig(BaseModel):
     """An account as written in the config file."""
 
