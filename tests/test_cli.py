@@ -263,6 +263,7 @@ def test_run_never_prints_the_nats_password(tmp_path: Path) -> None:
             out = _pbx("send", "pbx.commands.yemot.acme.op.GetQueueRealTime", '{"queuePath": "x"}', "--timeout", "20",
                        env=env)
     logged = run.finish()
+    assert f"connecting to NATS at nats://bridge:***@127.0.0.1:{port}" in logged
     assert f"running commander on nats://bridge:***@127.0.0.1:{port}" in logged
     assert '"status"' in out.stdout, out.stderr
     assert short not in logged + out.stdout + out.stderr

@@ -96,6 +96,8 @@ async def open_bus(settings: Settings, *, name: str = "pbxbridge") -> AsyncItera
         embedded = EmbeddedNats(settings.data_dir / "nats", port=port)
         url = await embedded.start()
         log.info("embedded nats-server with JetStream on %s (data in %s)", url, embedded.data_dir)
+    else:  # named before the first attempt: an unreachable server is otherwise retried in silence
+        log.info("connecting to NATS at %s", masked_url(url))
     try:
         nc = await connect_nats(url, name=name)
         try:
