@@ -124,21 +124,12 @@ class AccountOptions(BaseModel):
 
 
 # A vendor's own account options, as ``name: (type, default)`` for ``pydantic.create_model``.
-# A vendor package declares them as ``ACCOUNT_OPTIONS``; this table holds the ones vendor code
-# reads today from packages that do not declare them yet (a test checks it covers every read).
-_UNDECLARED_VENDOR_OPTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
-    "yemot": {"login": (Literal["session", "direct"], "session")},
-    "ucontact": {"telephony_url": (HttpUrlText | None, None), "backup_url": (HttpUrlText | None, None)},
-    "swan": {"api_key_header": (HeaderName, "X-API-Key")},
-}
-
-
 def vendor_option_fields(vendor: str) -> dict[str, tuple[Any, Any]]:
     """The options ``vendor`` accepts beyond the common ``AccountOptions``."""
     from pbxbridge.vendors import load
 
-    declared = getattr(load(vendor), "ACCOUNT_OPTIONS", None)
-    return dict(declared) if declared is not None else _UNDECLARED_VENDOR_OPTIONS.get(vendor, {})
+    # Declared by the vendor package as ``ACCOUNT_OPTIONS``: name -> (type, default).
+    return dict(getattr(load(vendor), "ACCOUNT_OPTIONS", {}))
 
 
 def _feed_names(vendor: str) -> set[str]:
