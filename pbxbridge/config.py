@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(15, gt=0, description="seconds a poller replica holds a feed")
     recording_format: str = Field("opus", description="archive codec: opus, mp3, flac, wav")
     recording_max_wait: float = Field(3600, gt=0, description="seconds to keep asking for a recording still processing")
+    recording_max_deliver: int = Field(
+        200, ge=2, description="deliveries of one recording job (room for recording_max_wait) before it ends failed"
+    )
+    recording_ack_wait: float = Field(
+        120, gt=0, description="seconds a recordings worker may go silent before its job is handed to another"
+    )
     command_max_deliver: int = Field(6, ge=1, description="vendor attempts per command before it fails")
     command_backoff: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles per attempt")
     command_backoff_max: float = Field(60.0, gt=0, description="longest retry delay, seconds")

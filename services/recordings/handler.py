@@ -1,15 +1,19 @@
-"""The recordings protocol, per job:
+"""The recordings protocol, per delivery of a ``recording.fetch`` job handed over by the commander:
 
 1. a command already ``done`` gets its stored result published again, nothing else;
-2. past its deadline it ends ``expired``;
-3. a recording already in the archive (another command asked before) is not fetched again:
-   the command succeeds with the archived facts and no second announcement;
-4. otherwise fetch, convert, archive, verify by SHA-256 read-back, announce
-   ``recording.archived`` once, and conclude ``succeeded``.
+2. a delivery beyond ``recording_max_deliver`` (the last one stopped without an outcome) ends
+   ``failed`` with a dead letter; past its deadline a job ends ``expired``;
+3. a recording already archived and announced is not fetched again: the command succeeds with
+   the archived facts (``already_archived``) and no second announcement; one archived but never
+   announced (a worker stopped in between) is announced now;
+4. otherwise fetch, convert, archive, verify by SHA-256 read-back, announce ``recording.archived``
+   (one event id per archive: call and format), note on the object that it was announced, and
+   conclude ``succeeded``.
 
-A recording the vendor has not finished (``RecordingNotReady``) is retried later for up to
-``recording_max_wait`` seconds, never dropped; transient vendor errors are retried like
-commands; anything permanent ends ``failed`` with a dead letter.
+A recording the vendor has not finished (``RecordingNotReady``) is put off (a delayed NAK) for up
+to ``recording_max_wait`` seconds, never dropped; transient vendor errors are put off like
+commands; the last delivery never puts off: it ends ``failed`` with a dead letter, like anything
+permanent.
 """
 
 from __future__ import annotations
@@ -86,6 +90,11 @@ class RecordingHandler:
         if entry is not None and entry.state == "done" and entry.result is not None:
             await republish(self.bus, entry.result)
             return ACK
+        if delivery.attempt > self.settings.recording_max_deliver:
+            await self._fail(job, delivery, "failed", {
+                "kind": "gave_up", "message": f"no outcome after {self.settings.recording_max_deliver} deliveries",
+            })
+            return ACK
         if job.deadline is not None and utcnow() > job.deadline:
             await self._end(job, delivery, "expired", error={"kind": "expired", "message": "deadline passed before it ran"})
             return ACK
@@ -97,9 +106,13 @@ class RecordingHandler:
             await self._fail(job, delivery, "rejected", {"kind": "rejected", "message": _reason(exc)})
             return ACK
         name = object_name(job.vendor, job.account, request.call_id, extension)
-        existing = await self.archive.find(name)
-        if existing is not None:
-            await self._end(job, delivery, "succeeded", result={**asdict(existing), "already_archived": True})
+        stored = await self.archive.find(name)
+        if stored is not None and stored.announced:
+            await self._end(job, delivery, "succeeded", result={**asdict(stored.archived), "already_archived": True})
+            return ACK
+        if stored is not None:
+            log.info("%s archived but never announced; announcing it now", name)
+            await self._announce_and_conclude(job, delivery, request, stored.archived, stored.source)
             return ACK
         return await self._fetch_and_archive(job, delivery, client, request, name)
 
@@ -110,16 +123,17 @@ class RecordingHandler:
             audio = await activities.fetch_audio(activities.Fetch(client, request))
         except RecordingNotReady as exc:
             waited = (utcnow() - delivery.published_at).total_seconds()
-            if waited < self.settings.recording_max_wait:
-                self._not_ready.add(1, {"vendor": job.vendor})
-                delay = retry_delay(self.settings, min(delivery.attempt, 6), exc.retry_after)
-                log.info("%s/%s call %s: recording not ready; again in %.1fs", job.vendor, job.account, request.call_id, delay)
-                return Disposition(ack=False, delay=delay)
-            await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s"})
-            return ACK
+            if waited >= self.settings.recording_max_wait:
+                await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s"})
+                return ACK
+            self._not_ready.add(1, {"vendor": job.vendor})
+            delay = retry_delay(self.settings, min(delivery.attempt, 6), exc.retry_after)
+            log.info("%s/%s call %s: recording not ready; again in %.1fs", job.vendor, job.account, request.call_id, delay)
+            return await self._put_off(job, delivery, delay, {"kind": "not_ready", "message": "the vendor has not finished the recording"})
         except VendorError as exc:
             if exc.retryable and delivery.attempt < self.settings.command_max_deliver:
-                return Disposition(ack=False, delay=retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None)))
+                delay = retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None))
+                return await self._put_off(job, delivery, delay, exc.as_dict())
             await self._fail(job, delivery, "failed", exc.as_dict())
             return ACK
         try:
@@ -128,16 +142,32 @@ class RecordingHandler:
             await self._fail(job, delivery, "failed", {"kind": "bad_audio", "message": str(exc), "source_format": audio.format})
             return ACK
         try:
-            archived = await self.archive.store_verified(name, converted, audio.format)
+            archived = await self.archive.store_verified(name, converted, audio)
         except activities.ChecksumMismatch as exc:
             log.warning("%s; archiving again", exc)
-            return Disposition(ack=False, delay=retry_delay(self.settings, delivery.attempt))
-        await activities.announce(self.bus, activities.Announcement(
-            vendor=job.vendor, account=job.account, call_id=request.call_id, archived=archived,
-            command_id=job.command_id, source=audio.source,
-        ))
+            return await self._put_off(job, delivery, retry_delay(self.settings, delivery.attempt), {"kind": "checksum_mismatch", "message": str(exc)})
         self._archived.add(archived.bytes, {"vendor": job.vendor, "codec": archived.codec})
+        await self._announce_and_conclude(job, delivery, request, archived, audio.source)
+        return ACK
+
+    async def _announce_and_conclude(
+        self, job: RecordingJob, delivery: JobDelivery, request: RecordingFetch, archived: activities.Archived, source: str
+    ) -> None:
+        # Announce before noting it: a stop in between announces again under the same event id.
+        event_id = await activities.announce(self.bus, activities.Announcement(
+            vendor=job.vendor, account=job.account, call_id=request.call_id, archived=archived,
+            command_id=job.command_id, source=source,
+        ))
+        await self.archive.mark_announced(archived.name, event_id)
         await self._end(job, delivery, "succeeded", result=asdict(archived))
+
+    async def _put_off(self, job: RecordingJob, delivery: JobDelivery, delay: float, error: dict) -> Disposition:
+        """A delayed NAK, except on the last delivery: that one ends the job, failed, with a dead letter."""
+        if delivery.attempt < self.settings.recording_max_deliver:
+            return Disposition(ack=False, delay=delay)
+        await self._fail(job, delivery, "failed", {
+            **error, "message": f"{error.get('message', error['kind'])}; gave up after {delivery.attempt} deliveries",
+        })
         return ACK
 
     async def _end(self, job: RecordingJob, delivery: JobDelivery, status: str, *, result=None, error=None) -> None:

@@ -35,7 +35,11 @@ def build_broker(bus: Bus, handler: RecordingHandler, config: Config) -> NatsBro
         pull_sub=PullSub(batch_size=CONCURRENCY, timeout=1.0),
         max_workers=CONCURRENCY,
         ack_policy=AckPolicy.MANUAL,  # ours: a delayed NAK for "not ready yet", never a silent drop
-        config=ConsumerConfig(ack_wait=120.0),
+        config=ConsumerConfig(
+            # One delivery beyond the handler's last, so a worker dying on that one still ends the job.
+            max_deliver=settings.recording_max_deliver + 1,
+            ack_wait=settings.recording_ack_wait,
+        ),
     )
     async def on_job(msg: NatsMessage) -> None:
         raw = msg.raw_message
