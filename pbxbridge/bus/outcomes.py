@@ -1,7 +1,8 @@
 """How a command ends, for every worker that ends commands (commander, recordings).
 
-``conclude`` writes the one Result to the ledger and publishes it; ``republish`` sends a stored
-result again (its id derives from the command, so JetStream drops a repeat inside the duplicate
+``conclude`` stores the one Result in the ledger (compare-and-set: through the caller's claim, or
+without one only where nobody holds a live claim) and publishes the result that is stored, which
+is an earlier one if the command was already done; ``republish`` sends a stored result again (its id derives from the command, so JetStream drops a repeat inside the duplicate
 window); ``dead_letter`` keeps what could not be handled, with the reason; ``retry_delay`` is
 the backoff both workers use for transient failures.
 """
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri, utcnow
-from pbxbridge.bus.ledger import Ledger
+from pbxbridge.bus.ledger import Claim, Ledger
 from pbxbridge.commands import RESULT_TYPE, Outcome, Result
 from pbxbridge.config import Settings
 from pbxbridge.redact import mask_params
@@ -62,12 +63,19 @@ class Ending:
         )
 
 
-async def conclude(bus: "Bus", ledger: Ledger, ending: Ending) -> Result:
-    """Record the result, then publish it: a crash in between republishes the same one."""
+async def conclude(bus: "Bus", ledger: Ledger, ending: Ending, *, claim: Claim | None = None) -> Result:
+    """Store the result, then publish the stored one: a crash in between republishes the same.
+
+    With ``claim``: compare-and-set on it (``ClaimLost`` if another holder took the key over:
+    that holder ends it). Without: only where no live claim stands (else ``ClaimHeld``)."""
     result = ending.to_result()
-    await ledger.finish(ending.ledger_key, result)
-    await republish(bus, result)
-    return result
+    if claim is not None:
+        stored = await claim.finish(result=result)
+    else:
+        stored = await ledger.finish(ending.ledger_key, result=result)
+    final = stored.result or result
+    await republish(bus, final)
+    return final
 
 
 async def republish(bus: "Bus", result: Result) -> None:
