@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     recording_ack_wait: float = Field(
         120, gt=0, description="seconds a recordings worker may go silent before its job is handed to another"
     )
+    recording_claim_ttl: float = Field(
+        30, gt=0, description="seconds an archive name stays claimed by a worker that stopped renewing it"
+    )
     command_max_deliver: int = Field(6, ge=1, description="vendor attempts per command before it fails")
     command_backoff: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles per attempt")
     command_backoff_max: float = Field(60.0, gt=0, description="longest retry delay, seconds")

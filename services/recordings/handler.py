@@ -3,23 +3,31 @@
 1. a command already ``done`` gets its stored result published again, nothing else;
 2. a delivery beyond ``recording_max_deliver`` (the last one stopped without an outcome) ends
    ``failed`` with a dead letter; past its deadline a job ends ``expired``;
-3. a recording already archived and announced is not fetched again: the command succeeds with
-   the archived facts (``already_archived``) and no second announcement; one archived but never
-   announced (a worker stopped in between) is announced now;
-4. otherwise fetch, convert, archive, verify by SHA-256 read-back, announce ``recording.archived``
-   (one event id per archive: call and format), note on the object that it was announced, and
-   conclude ``succeeded``.
+3. the archive's object name (vendor, account, call, format) is claimed in the ledger: one job
+   at a time writes it. While another job holds the claim, this one waits, keeping its message
+   alive; the holder renews the claim and its message's ``in_progress`` until it is done;
+4. an archive finished before (the claim is ``done``, or the object says it was announced) is
+   not fetched again: the command succeeds with its facts (``already_archived``) and no second
+   announcement; an archive stored but never announced (a worker stopped in between) is
+   announced now;
+5. otherwise fetch, convert, archive, verify by SHA-256 read-back, announce ``recording.archived``
+   (one event id per archive: call and format), note on the object that it was announced,
+   conclude ``succeeded``, and mark the claim ``done``.
 
-A recording the vendor has not finished (``RecordingNotReady``) is put off (a delayed NAK) for up
-to ``recording_max_wait`` seconds, never dropped; transient vendor errors are put off like
-commands; the last delivery never puts off: it ends ``failed`` with a dead letter, like anything
-permanent.
+A recording the vendor has not finished (``RecordingNotReady``) is put off (the claim released,
+a delayed NAK) for up to ``recording_max_wait`` seconds, never dropped; transient vendor errors
+are put off like commands; the last delivery never puts off: it ends ``failed`` with a dead
+letter, like anything permanent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, asdict
 from datetime import datetime
 
@@ -28,7 +36,7 @@ from pydantic import ValidationError
 
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError, utcnow
-from pbxbridge.bus.ledger import Ledger
+from pbxbridge.bus.ledger import Claim, ClaimLost, Done, Held, Ledger
 from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, republish, retry_delay
 from pbxbridge.commands import RecordingFetch
 from pbxbridge.config import Config
@@ -48,6 +56,7 @@ class JobDelivery:
     body: bytes
     attempt: int
     published_at: datetime
+    keep_alive: Callable[[], Awaitable[object]]  # tells JetStream the delivery is still being worked on
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,11 @@ def object_name(vendor: str, account: str, call_id: str, extension: str) -> str:
     """Deterministic: the same call always lands on the same name."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", call_id)
     return f"{vendor}/{account}/{safe}.{extension}"
+
+
+def archive_key(name: str) -> str:
+    """The ledger key claiming an archive object name (KV keys allow few characters: hashed)."""
+    return f"archive.{hashlib.sha256(name.encode()).hexdigest()[:40]}"
 
 
 class RecordingHandler:
@@ -106,19 +120,64 @@ class RecordingHandler:
             await self._fail(job, delivery, "rejected", {"kind": "rejected", "message": _reason(exc)})
             return ACK
         name = object_name(job.vendor, job.account, request.call_id, extension)
-        stored = await self.archive.find(name)
-        if stored is not None and stored.announced:
-            await self._end(job, delivery, "succeeded", result={**asdict(stored.archived), "already_archived": True})
+        claim = await self._claim(delivery, name)
+        if isinstance(claim, Done):
+            await self._end(job, delivery, "succeeded", result={**claim.entry.detail, "already_archived": True})
             return ACK
-        if stored is not None:
-            log.info("%s archived but never announced; announcing it now", name)
-            await self._announce_and_conclude(job, delivery, request, stored.archived, stored.source)
-            return ACK
-        return await self._fetch_and_archive(job, delivery, client, request, name)
+        try:
+            async with claim.kept_alive(beat=delivery.keep_alive, every=self._beat_every):
+                return await self._archive_once(job, delivery, client, request, name, claim)
+        except ClaimLost:
+            # Our claim expired (we stalled) and another job took the name over: it archives.
+            log.warning("%s: claim lost to another job; looking again later", name)
+            return await self._put_off(job, delivery, self.settings.command_backoff, {
+                "kind": "claim_lost", "message": f"another job took over archiving {name}",
+            })
+        except BaseException:
+            with contextlib.suppress(Exception):  # the bus may be what failed: then the claim expires
+                await claim.release("retrying")
+            raise
 
-    async def _fetch_and_archive(
-        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str
+    @property
+    def _beat_every(self) -> float:
+        # Well inside both the claim's expiry and the message's ack_wait.
+        return min(self.settings.recording_claim_ttl, self.settings.recording_ack_wait) / 3
+
+    async def _claim(self, delivery: JobDelivery, name: str) -> Claim | Done:
+        """The archive name, ours to write; while another job holds it, wait with our message alive."""
+        while True:
+            taken = await self.ledger.claim(
+                archive_key(name), holder=self.settings.instance, ttl=self.settings.recording_claim_ttl
+            )
+            if not isinstance(taken, Held):
+                return taken
+            await delivery.keep_alive()
+            await asyncio.sleep(taken.wait)
+
+    async def _archive_once(
+        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str,
+        claim: Claim,
     ) -> Disposition:
+        stored = await self.archive.find(name) or await self._fetch_and_store(job, delivery, client, request, name, claim)
+        if isinstance(stored, Disposition):  # put off or ended without an archive: the name is free again
+            await claim.release("retrying")
+            return stored
+        if not stored.announced:
+            # Announce before noting it: a stop in between announces again under the same event id.
+            event_id = await activities.announce(self.bus, activities.Announcement(
+                vendor=job.vendor, account=job.account, call_id=request.call_id, archived=stored.archived,
+                command_id=job.command_id, source=stored.source,
+            ))
+            await self.archive.mark_announced(name, event_id)
+        facts = asdict(stored.archived)
+        await self._end(job, delivery, "succeeded", result={**facts, "already_archived": True} if stored.announced else facts)
+        await claim.finish(detail=facts)  # after the command's result: a job waiting on the claim finds that result
+        return ACK
+
+    async def _fetch_and_store(
+        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str,
+        claim: Claim,
+    ) -> activities.Stored | Disposition:
         try:
             audio = await activities.fetch_audio(activities.Fetch(client, request))
         except RecordingNotReady as exc:
@@ -141,25 +200,14 @@ class RecordingHandler:
         except AudioError as exc:
             await self._fail(job, delivery, "failed", {"kind": "bad_audio", "message": str(exc), "source_format": audio.format})
             return ACK
+        await claim.renew()  # still ours right before writing (ClaimLost if another job took the name over)
         try:
             archived = await self.archive.store_verified(name, converted, audio)
         except activities.ChecksumMismatch as exc:
             log.warning("%s; archiving again", exc)
             return await self._put_off(job, delivery, retry_delay(self.settings, delivery.attempt), {"kind": "checksum_mismatch", "message": str(exc)})
         self._archived.add(archived.bytes, {"vendor": job.vendor, "codec": archived.codec})
-        await self._announce_and_conclude(job, delivery, request, archived, audio.source)
-        return ACK
-
-    async def _announce_and_conclude(
-        self, job: RecordingJob, delivery: JobDelivery, request: RecordingFetch, archived: activities.Archived, source: str
-    ) -> None:
-        # Announce before noting it: a stop in between announces again under the same event id.
-        event_id = await activities.announce(self.bus, activities.Announcement(
-            vendor=job.vendor, account=job.account, call_id=request.call_id, archived=archived,
-            command_id=job.command_id, source=source,
-        ))
-        await self.archive.mark_announced(archived.name, event_id)
-        await self._end(job, delivery, "succeeded", result=asdict(archived))
+        return activities.Stored(archived, source=audio.source, announced=False)
 
     async def _put_off(self, job: RecordingJob, delivery: JobDelivery, delay: float, error: dict) -> Disposition:
         """A delayed NAK, except on the last delivery: that one ends the job, failed, with a dead letter."""

@@ -45,7 +45,7 @@ def build_broker(bus: Bus, handler: RecordingHandler, config: Config) -> NatsBro
         raw = msg.raw_message
         delivery = JobDelivery(
             subject=raw.subject, headers=dict(raw.headers or {}), body=raw.data,
-            attempt=raw.metadata.num_delivered, published_at=raw.metadata.timestamp,
+            attempt=raw.metadata.num_delivered, published_at=raw.metadata.timestamp, keep_alive=raw.in_progress,
         )
         try:
             disposition = await handler.handle(delivery)

@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+from nats.aio.msg import Msg
 
 from helpers_recordings import Rig, fail_publishing, running
 from pbxbridge.bus import Bus
 from pbxbridge.config import Config, Settings
 from pbxbridge.vendors import load
-from services.recordings.handler import object_name
+from services.recordings import activities
+from services.recordings.handler import RecordingHandler
 
 pytest.importorskip("pbxbridge.vendors.fonema")
 
 DEDUPE_WINDOW = 0.5
+ACK_WAIT = 0.6  # seconds JetStream waits for a sign of life before redelivering a job
+CONVERSION_SECONDS = 2.0  # a conversion several times longer than ACK_WAIT
 
 
 @pytest.fixture
@@ -127,3 +132,64 @@ async def test_delivery_after_the_last_ends_a_job_whose_handling_keeps_failing(
     assert letter["command_id"] == result.command_id
     consumer = await bus.js.consumer_info(bus.names.jobs, "recordings")
     assert consumer.config.max_deliver == settings.recording_max_deliver + 1
+
+
+ROUNDS = 6
+
+
+async def test_two_jobs_for_one_call_archive_it_once(settings: Settings, bus: Bus) -> None:
+    """Two commands for one call at once, on two replicas, several rounds: one fetch, one put, the announced sha256."""
+    async with load("fonema").Simulator(activity=False) as sim:
+        config = Config(settings=settings, accounts=[sim.account("madrid")])
+        async with running(config, bus, sim, recordings_replicas=2) as rig:
+            for _ in range(ROUNDS):
+                call_id = rig.sim.add_finished_call(recorded=True, seconds=2.0)
+                first, second = await asyncio.gather(rig.fetch(call_id), rig.fetch(call_id))
+                assert first.status == second.status == "succeeded", (first, second)
+                sha256 = await assert_archived_once(rig, first.result["name"])
+                assert first.result["sha256"] == second.result["sha256"] == sha256
+            assert rig.vendor_served("getCallRecord") == ROUNDS
+
+
+@pytest.fixture
+def slow_conversion(settings: Settings, monkeypatch) -> None:
+    """Conversions take CONVERSION_SECONDS; jobs are redelivered after ACK_WAIT without a sign of life."""
+    settings.recording_ack_wait = settings.recording_claim_ttl = ACK_WAIT
+    convert = activities.convert
+
+    def slowed(*args):
+        time.sleep(CONVERSION_SECONDS)  # runs in the conversion's worker thread, like a long call would
+        return convert(*args)
+
+    monkeypatch.setattr(activities, "convert", slowed)
+
+
+def deliveries(monkeypatch) -> list[int]:
+    """The delivery numbers the recordings handler sees, in order."""
+    seen: list[int] = []
+    handle = RecordingHandler.handle
+
+    async def counted(self, delivery):
+        seen.append(delivery.attempt)
+        return await handle(self, delivery)
+
+    monkeypatch.setattr(RecordingHandler, "handle", counted)
+    return seen
+
+
+async def test_slow_conversion_keeps_its_job_from_being_redelivered(slow_conversion, rig: Rig, monkeypatch) -> None:
+    """The worker beats in_progress while converting: JetStream never hands the job to anyone else."""
+    seen = deliveries(monkeypatch)
+    result = await rig.fetch(rig.sim.add_finished_call(recorded=True, seconds=1.0))
+    assert result.status == "succeeded" and seen == [1]
+    assert await assert_archived_once(rig, result.result["name"]) == result.result["sha256"]
+
+
+async def test_job_redelivered_while_the_first_converts_is_archived_once(slow_conversion, rig: Rig, monkeypatch) -> None:
+    """With its beats lost, the job is redelivered mid-conversion: the renewed claim makes the copy wait."""
+    monkeypatch.setattr(Msg, "in_progress", lambda self: asyncio.sleep(0))
+    seen = deliveries(monkeypatch)
+    result = await rig.fetch(rig.sim.add_finished_call(recorded=True, seconds=1.0))
+    assert result.status == "succeeded" and max(seen) >= 2, seen
+    assert await assert_archived_once(rig, result.result["name"]) == result.result["sha256"]
+    assert rig.vendor_served("getCallRecord") == 1
