@@ -158,7 +158,9 @@ class RecordingHandler:
         self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str,
         claim: Claim,
     ) -> Disposition:
-        stored = await self.archive.find(name) or await self._fetch_and_store(job, delivery, client, request, name, claim)
+        stored = await self.archive.find(name)
+        if stored is None:
+            stored = await self._fetch_and_store(job, delivery, client, request, name, claim)
         if isinstance(stored, Disposition):  # put off or ended without an archive: the name is free again
             await claim.release("retrying")
             return stored
@@ -170,7 +172,8 @@ class RecordingHandler:
             ))
             await self.archive.mark_announced(name, event_id)
         facts = asdict(stored.archived)
-        await self._end(job, delivery, "succeeded", result={**facts, "already_archived": True} if stored.announced else facts)
+        result = {**facts, "already_archived": True} if stored.announced else facts
+        await self._end(job, delivery, "succeeded", result=result)
         await claim.finish(detail=facts)  # after the command's result: a job waiting on the claim finds that result
         return ACK
 
@@ -186,9 +189,13 @@ class RecordingHandler:
                 await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s"})
                 return ACK
             self._not_ready.add(1, {"vendor": job.vendor})
-            delay = retry_delay(self.settings, min(delivery.attempt, 6), exc.retry_after)
+            # The vendor's hint is a floor, not the pace: recording_max_wait must fit in recording_max_deliver.
+            backoff = retry_delay(self.settings, min(delivery.attempt, 6))
+            delay = max(backoff, min(exc.retry_after or 0.0, self.settings.command_backoff_max))
             log.info("%s/%s call %s: recording not ready; again in %.1fs", job.vendor, job.account, request.call_id, delay)
-            return await self._put_off(job, delivery, delay, {"kind": "not_ready", "message": "the vendor has not finished the recording"})
+            return await self._put_off(job, delivery, delay, {
+                "kind": "not_ready", "message": "the vendor has not finished the recording",
+            })
         except VendorError as exc:
             if exc.retryable and delivery.attempt < self.settings.command_max_deliver:
                 delay = retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None))
@@ -205,7 +212,8 @@ class RecordingHandler:
             archived = await self.archive.store_verified(name, converted, audio)
         except activities.ChecksumMismatch as exc:
             log.warning("%s; archiving again", exc)
-            return await self._put_off(job, delivery, retry_delay(self.settings, delivery.attempt), {"kind": "checksum_mismatch", "message": str(exc)})
+            delay = retry_delay(self.settings, delivery.attempt)
+            return await self._put_off(job, delivery, delay, {"kind": "checksum_mismatch", "message": str(exc)})
         self._archived.add(archived.bytes, {"vendor": job.vendor, "codec": archived.codec})
         return activities.Stored(archived, source=audio.source, announced=False)
 

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import av
 import pytest
 
+from helpers_recordings import Rig, running
 from pbxbridge.bus import Bus
 from pbxbridge.config import Config, Settings
 from pbxbridge.sdk import send_command
 from pbxbridge.vendors import load
 from services.commander.worker import serve as serve_commander
-from helpers_recordings import Rig, running
 from services.recordings.handler import object_name
 from services.recordings.worker import serve as serve_recordings
 

@@ -144,6 +144,7 @@ ROUNDS = 6
 
 async def test_two_jobs_for_one_call_archive_it_once(settings: Settings, bus: Bus) -> None:
     """Two commands for one call at once, on two replicas, several rounds: one fetch, one put, the announced sha256."""
+    settings.recording_claim_ttl = 0.5  # short claims: renewed several times per archive, waited on briefly
     async with load("fonema").Simulator(activity=False) as sim:
         config = Config(settings=settings, accounts=[sim.account("madrid")])
         async with running(config, bus, sim, recordings_replicas=2) as rig:
