@@ -148,7 +148,7 @@ class Settings(BaseSettings):
         200, ge=2, description="deliveries of one recording job (room for recording_max_wait) before it ends failed"
     )
     recording_ack_wait: float = Field(
-        120, gt=0, description="seconds a recordings worker may go silent before its job is handed to another"
+        60, gt=0, description="seconds a recordings worker may go silent before its job is handed to another"
     )
     recording_claim_ttl: float = Field(
         30, gt=0, description="seconds an archive name stays claimed by a worker that stopped renewing it"

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
 
 from helpers_recordings import Rig, fail_publishing, running
 from pbxbridge.bus import Bus
@@ -93,8 +94,7 @@ async def test_asking_again_past_the_dedupe_window_announces_nothing(rig: Rig) -
     await ledger.purge(archive_key(first.result["name"]))  # as the bucket's TTL would, days later
     from_object = await rig.fetch(call_id)
     for later in (from_ledger, from_object):
-        assert later.status == "succeeded" and later.result["already_archived"] is True
-        assert later.result["sha256"] == first.result["sha256"]
+        assert later.status == "succeeded" and later.result == {**first.result, "already_archived": True}
     assert len(await rig.archived_events()) == 1
     assert rig.vendor_served("getCallRecord") == 1
 
@@ -127,8 +127,13 @@ async def test_last_delivery_ends_a_job_still_put_off(settings: Settings, bus: B
 async def test_delivery_after_the_last_ends_a_job_whose_handling_keeps_failing(
     settings: Settings, bus: Bus, monkeypatch
 ) -> None:
-    """The bus keeps failing the announcement: the extra delivery concludes failed with a dead letter."""
+    """The bus keeps failing the announcement: the extra delivery concludes failed with a dead letter.
+
+    The jobs consumer already exists as an older release made it (no delivery limit): start-up updates it."""
     settings.recording_max_deliver = 2
+    await bus.js.add_consumer(bus.names.jobs, ConsumerConfig(
+        durable_name="recordings", filter_subject=f"{settings.prefix}.jobs.recordings.>", ack_wait=120,
+    ))
     async with fonema_rig(settings, bus) as rig:
         fail_publishing(monkeypatch, rig.bus, rig.archived_subject, times=float("inf"))
         result = await rig.fetch(rig.sim.add_finished_call(recorded=True, seconds=1.0))
