@@ -8,8 +8,7 @@ import logging
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-import nats.js.api
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig
 
 from pbxbridge.bus import Bus
 from pbxbridge.bus.ledger import Ledger
@@ -29,7 +28,7 @@ def jobs_consumer(bus: Bus, settings: Settings) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=CONSUMER,
         filter_subject=f"{bus.subjects.prefix}.jobs.recordings.>",
-        ack_policy=nats.js.api.AckPolicy.EXPLICIT,
+        ack_policy=JetStreamAckPolicy.EXPLICIT,
         # One delivery beyond the handler's last, so a worker dying on that one still ends the job.
         max_deliver=settings.recording_max_deliver + 1,
         ack_wait=settings.recording_ack_wait,
