@@ -44,15 +44,15 @@ class CountingYemot(YemotSimulator):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.arrivals: list[str] = []
+        self.arrivals: list[tuple[str, float]] = []  # (operation, wall-clock time)
         self.slow: dict[str, float] = {}
         self.trickle: dict[str, float] = {}
 
     def arrived(self, operation: str) -> int:
-        return self.arrivals.count(operation)
+        return sum(1 for op, _ in self.arrivals if op == operation)
 
     async def _dispatch(self, op: Operation, request: web.Request) -> web.StreamResponse:
-        self.arrivals.append(op.name)
+        self.arrivals.append((op.name, time.time()))
         if op.name in self.slow:
             await asyncio.sleep(self.slow[op.name])
         response = await super()._dispatch(op, request)
