@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     command_backoff: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles per attempt")
     command_backoff_max: float = Field(60.0, gt=0, description="longest retry delay, seconds")
     command_concurrency: int = Field(16, ge=1, description="commands in flight per commander replica")
+    command_ack_wait: float = Field(30.0, gt=0, description="seconds JetStream waits for a sign of life before redelivering")
+    command_claim_ttl: float = Field(30.0, gt=0, description="seconds a command's claim lives unless its owner renews it")
+    command_busy_delay: float = Field(0.5, gt=0, description="seconds before a command for a busy account is offered again")
+    command_max_deliveries: int = Field(1000, ge=2, description="deliveries of one message (waits included); the last concludes")
     instance: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
 

@@ -76,6 +76,7 @@ class LedgerEntry(BaseModel):
     error: dict[str, Any] | None = None
     result: Result | None = None
     detail: dict[str, Any] | None = Field(None, description="done, for keys that are not commands")
+    published: bool = Field(False, description="done: the result is on the results stream")
 
     def live(self) -> bool:
         """A claim whose holder is (as far as anyone can tell) still working."""
@@ -178,6 +179,19 @@ class Ledger:
             except LedgerConflict:
                 continue
             return done
+
+
+    async def mark_published(self, key: str) -> None:
+        """Note that a done entry's result reached the stream: a later delivery need not send it."""
+        while True:
+            entry, revision = await self.read(key)
+            if entry is None or entry.state != "done" or entry.published:
+                return
+            try:
+                await self.write(key, entry.model_copy(update={"published": True}), revision)
+                return
+            except LedgerConflict:
+                continue
 
 
 class Claim:
