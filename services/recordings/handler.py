@@ -1,6 +1,6 @@
 """The recordings protocol, per delivery of a ``recording.fetch`` job handed over by the commander:
 
-1. a command already ``done`` gets its stored result published again, nothing else;
+1. a command already ``done`` gets its stored result published if it never reached the stream, nothing else;
 2. a delivery beyond ``recording_max_deliver`` (the last one stopped without an outcome) ends
    ``failed`` with a dead letter; past its deadline a job ends ``expired``;
 3. the archive's object name (vendor, account, call, format) is claimed in the ledger: one job
@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError, utcnow
 from pbxbridge.bus.ledger import Claim, ClaimLost, Done, Held, Ledger
-from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, republish, retry_delay
+from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, publish_stored, retry_delay
 from pbxbridge.commands import RecordingFetch
 from pbxbridge.config import Config
 from pbxbridge.recordings import RecordingJob, RecordingNotReady
@@ -101,8 +101,8 @@ class RecordingHandler:
             ))
             return ACK
         entry, _ = await self.ledger.read(job.ledger_key)
-        if entry is not None and entry.state == "done" and entry.result is not None:
-            await republish(self.bus, entry.result)
+        if entry is not None and entry.state == "done":
+            await publish_stored(self.bus, self.ledger, job.ledger_key, entry)  # sent only if it never reached the stream
             return ACK
         if delivery.attempt > self.settings.recording_max_deliver:
             await self._fail(job, delivery, "failed", {
