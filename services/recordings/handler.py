@@ -1,6 +1,7 @@
 """The recordings protocol, per delivery of a ``recording.fetch`` job handed over by the commander:
 
-1. a command already ``done`` gets its stored result published if it never reached the stream, nothing else;
+1. a command already ``done`` gets its stored result published if that never reached the stream,
+   nothing else;
 2. a delivery beyond ``recording_max_deliver`` (the last one stopped without an outcome) ends
    ``failed`` with a dead letter; past its deadline a job ends ``expired``;
 3. the archive's object name (vendor, account, call, format) is claimed in the ledger: one job
@@ -102,7 +103,7 @@ class RecordingHandler:
             return ACK
         entry, _ = await self.ledger.read(job.ledger_key)
         if entry is not None and entry.state == "done":
-            await publish_stored(self.bus, self.ledger, job.ledger_key, entry)  # sent only if it never reached the stream
+            await publish_stored(self.bus, self.ledger, job.ledger_key, entry)
             return ACK
         if delivery.attempt > self.settings.recording_max_deliver:
             await self._fail(job, delivery, "failed", {
