@@ -27,8 +27,8 @@ from services.recordings.handler import RecordingHandler, archive_key
 pytest.importorskip("pbxbridge.vendors.fonema")
 
 DEDUPE_WINDOW = 0.5
-ACK_WAIT = 0.6  # seconds JetStream waits for a sign of life before redelivering a job
-CONVERSION_SECONDS = 2.0  # a conversion several times longer than ACK_WAIT
+ACK_WAIT = 1.0  # seconds JetStream waits for a sign of life before redelivering a job
+CONVERSION_SECONDS = 2.5  # a conversion several times longer than ACK_WAIT
 
 
 @pytest.fixture
