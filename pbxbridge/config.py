@@ -280,10 +280,23 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(15, gt=0, description="seconds a poller replica holds a feed")
     recording_format: RecordingFormat = Field("opus", description="archive codec: " + ", ".join(RECORDING_FORMATS))
     recording_max_wait: float = Field(3600, gt=0, description="seconds to keep asking for a recording still processing")
+    recording_max_deliver: int = Field(
+        200, ge=2, description="deliveries of one recording job (room for recording_max_wait) before it ends failed"
+    )
+    recording_ack_wait: float = Field(
+        60, gt=0, description="seconds a recordings worker may go silent before its job is handed to another"
+    )
+    recording_claim_ttl: float = Field(
+        30, gt=0, description="seconds an archive name stays claimed by a worker that stopped renewing it"
+    )
     command_max_deliver: int = Field(6, ge=1, description="vendor attempts per command before it fails")
     command_backoff: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles per attempt")
     command_backoff_max: float = Field(60.0, gt=0, description="longest retry delay, seconds")
     command_concurrency: int = Field(16, ge=1, description="commands in flight per commander replica")
+    command_ack_wait: float = Field(30.0, gt=0, description="seconds JetStream waits for a sign of life before redelivering")
+    command_claim_ttl: float = Field(30.0, gt=0, description="seconds a command's claim lives unless its owner renews it")
+    command_busy_delay: float = Field(0.5, gt=0, description="seconds before a command for a busy account is offered again")
+    command_max_deliveries: int = Field(1000, ge=2, description="deliveries of one message (waits included); the last concludes")
     instance: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
 
     @field_validator("nats_url")

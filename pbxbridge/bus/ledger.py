@@ -1,23 +1,56 @@
-"""The command ledger: command id -> what became of it, in the ``ledger`` KV bucket.
+"""The ledger: key -> what became of it, in the ``ledger`` KV bucket, and claims on its keys.
 
-It is what makes a command run at most once. A worker claims an entry before calling the
-vendor (compare-and-set on the KV revision), and writes the final ``Result`` before
-publishing it; a redelivered or re-sent command finds the entry and gets the same result back
-instead of a second vendor call. ``pbxbridge.sdk`` reads it too, so a sender whose command was
-already done (JetStream dropped the re-send as a duplicate) still gets its answer.
+It is what makes a command run at most once (and a recording archive once). ``pbxbridge.sdk``
+reads it too, so a sender whose command was already done still gets its answer.
 
-    running    a worker is calling the vendor (or died while doing so: outcome unknown)
+    running    claimed: ``owner`` is working on it until ``expires``, which the owner renews
+               (a ``running`` entry past ``expires`` means its worker died mid-work)
     retrying   the last attempt failed transiently; a delayed redelivery will try again
     delegated  handed to another worker (recording.fetch -> recordings), which concludes it
-    done       final: ``result`` holds the one Result of this command
+    done       final: ``result`` holds the one Result of a command (``detail`` for other keys)
+
+Claims, for any key in the bucket (``ledger_key(...)`` for commands, ``archive.<digest>`` for
+an archive object name, ...). Every write is compare-and-set on the KV revision; nothing ever
+overwrites ``done``::
+
+    ledger = Ledger(await bus.js.key_value(bus.names.ledger))
+    while True:
+        taken = await ledger.claim(key, holder=settings.instance, ttl=settings.command_claim_ttl)
+        if isinstance(taken, Done):        # finished before: use taken.entry, ack the message
+            return ...
+        if isinstance(taken, Held):        # someone is working on it right now: not a dead worker
+            await msg.in_progress()        # keep our own message alive while we wait
+            await asyncio.sleep(taken.wait)
+            continue
+        claim = taken                      # ours until claim.expires
+        break
+    # claim.previous: None (new), retrying / delegated, or an expired ``running`` entry whose
+    # worker died mid-work (decide whether repeating the work is safe).
+    async with claim.kept_alive(beat=msg.in_progress):   # renews every ttl/3, beats the message
+        ...work...
+    stored = await claim.finish(result=result)   # CAS; the stored ``done`` entry (ours, or the
+                                                 # one that got there first): publish that one
+    # or: await claim.release("retrying", error=...) before a delayed NAK.
+
+``ClaimLost`` means another holder took the key over (our claim had expired) and has not
+finished: leave the ending to it. ``Ledger.finish`` ends a key without a claim (a message
+rejected before any work): never over ``done``, never over a live claim (``ClaimHeld``).
+Expiry compares wall clocks: keep the hosts' clocks in sync (NTP) well within the TTL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from datetime import datetime
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
@@ -25,25 +58,66 @@ from pydantic import BaseModel, Field
 from pbxbridge.bus.envelope import utcnow
 from pbxbridge.commands import Result
 
+log = logging.getLogger("pbxbridge.ledger")
+
 State = Literal["running", "retrying", "delegated", "done"]
+
+# Seconds between looks at a live claim held by someone else, at most.
+MAX_WAIT = 1.0
 
 
 class LedgerEntry(BaseModel):
     state: State
-    attempt: int = 0
-    instance: str = ""
+    attempt: int = Field(0, description="claims taken so far: the attempts at the work")
+    instance: str = Field("", description="the process that wrote it, for people")
+    owner: str = Field("", description="running: the claim's holder, unique per claim")
+    expires: datetime | None = Field(None, description="running: the claim is live until then")
     since: datetime = Field(default_factory=utcnow)
     error: dict[str, Any] | None = None
     result: Result | None = None
+    detail: dict[str, Any] | None = Field(None, description="done, for keys that are not commands")
+    published: bool = Field(False, description="done: the result is on the results stream")
+
+    def live(self) -> bool:
+        """A claim whose holder is (as far as anyone can tell) still working."""
+        return self.state == "running" and self.expires is not None and self.expires > utcnow()
 
 
 class LedgerConflict(Exception):
-    """Another delivery changed the entry since we read it."""
+    """Another writer changed the entry since we read it."""
+
+
+class ClaimLost(Exception):
+    """Our claim expired and another holder took the key over; it will end it."""
+
+
+class ClaimHeld(Exception):
+    """A live claim of someone else stands in the way of ending the key without a claim."""
 
 
 def ledger_key(vendor: str, account: str, command_id: str) -> str:
     # Command ids are the sender's free text; KV keys allow few characters, so hash them.
-    return f"{vendor}.{account}.{hashlib.sha256(command_id.encode()).hexdigest()[:40]}"
+    return f"{vendor}.{account}.{hashlib.sha256(command_id.encode(errors='surrogatepass')).hexdigest()[:40]}"
+
+
+@dataclass(frozen=True)
+class Done:
+    """The key is finished: ``entry.result`` (or ``entry.detail``) is its one outcome."""
+
+    entry: LedgerEntry
+
+
+@dataclass(frozen=True)
+class Held:
+    """Someone else holds a live claim on the key."""
+
+    entry: LedgerEntry
+
+    @property
+    def wait(self) -> float:
+        """Seconds to wait before looking again: until it expires, at most ``MAX_WAIT``."""
+        left = (self.entry.expires - utcnow()).total_seconds() if self.entry.expires else 0.0
+        return min(max(left, 0.01), MAX_WAIT)
 
 
 class Ledger:
@@ -51,7 +125,7 @@ class Ledger:
         self.kv = kv
 
     async def read(self, key: str) -> tuple[LedgerEntry | None, int | None]:
-        """(entry, revision), or (None, None) for a command never seen."""
+        """(entry, revision), or (None, None) for a key never seen."""
         try:
             entry = await self.kv.get(key)
         except nats.js.errors.KeyNotFoundError:
@@ -74,10 +148,144 @@ class Ledger:
                 raise LedgerConflict(key) from None
             raise
 
-    async def note(self, key: str, entry: LedgerEntry) -> None:
-        """Record a state unconditionally: the caller holds the only delivery of this command."""
-        await self.kv.put(key, entry.model_dump_json().encode())
+    async def claim(self, key: str, *, holder: str, ttl: float) -> "Claim | Held | Done":
+        """Take the key unless it is done or someone holds a live claim on it."""
+        while True:
+            entry, revision = await self.read(key)
+            if entry is not None and entry.state == "done":
+                return Done(entry)
+            if entry is not None and entry.live():
+                return Held(entry)
+            claim = Claim(self, key, holder=holder, ttl=ttl, previous=entry)
+            try:
+                claim.revision = await self.write(key, claim.running(), revision)
+            except LedgerConflict:
+                continue  # another claimant moved first: look again
+            return claim
 
-    async def finish(self, key: str, result: Result) -> None:
-        """The final word: a result always wins over an in-flight state."""
-        await self.note(key, LedgerEntry(state="done", attempt=result.attempts, result=result))
+    async def finish(self, key: str, *, result: Result | None = None, detail: dict[str, Any] | None = None) -> LedgerEntry:
+        """End a key nobody claimed (e.g. a message rejected before any work); returns the stored
+        ``done`` entry, which is an earlier one if the key was already done."""
+        done = LedgerEntry(state="done", result=result, detail=detail)
+        while True:
+            entry, revision = await self.read(key)
+            if entry is not None and entry.state == "done":
+                return entry
+            if entry is not None and entry.live():
+                raise ClaimHeld(key)
+            done.attempt = entry.attempt if entry else 0
+            try:
+                await self.write(key, done, revision)
+            except LedgerConflict:
+                continue
+            return done
+
+
+    async def mark_published(self, key: str) -> None:
+        """Note that a done entry's result reached the stream: a later delivery need not send it."""
+        while True:
+            entry, revision = await self.read(key)
+            if entry is None or entry.state != "done" or entry.published:
+                return
+            try:
+                await self.write(key, entry.model_copy(update={"published": True}), revision)
+                return
+            except LedgerConflict:
+                continue
+
+
+class Claim:
+    """A live claim on one ledger key; every write through it is compare-and-set."""
+
+    def __init__(self, ledger: Ledger, key: str, *, holder: str, ttl: float, previous: LedgerEntry | None) -> None:
+        self.ledger, self.key, self.holder, self.ttl = ledger, key, holder, ttl
+        self.previous = previous  # what was there before: None, retrying, delegated, or a dead worker's claim
+        self.owner = f"{holder}/{uuid.uuid4().hex[:12]}"
+        self.attempt = (previous.attempt if previous else 0) + 1
+        self.since = utcnow()
+        self.expires = self.since + timedelta(seconds=ttl)
+        self.revision: int = 0
+        self.lost = False  # no longer ours: ended through this claim, or taken over
+        self._lock = asyncio.Lock()  # the heartbeat and an ending never write on the same revision
+
+    def running(self) -> LedgerEntry:
+        return LedgerEntry(
+            state="running", attempt=self.attempt, instance=self.holder, owner=self.owner, expires=self.expires,
+            since=self.since, error=self.previous.error if self.previous else None,
+        )
+
+    async def renew(self) -> None:
+        """Push the expiry ``ttl`` seconds ahead; ``ClaimLost`` if someone took the key over."""
+        async with self._lock:
+            if self.lost:
+                raise ClaimLost(self.key)
+            self.expires = utcnow() + timedelta(seconds=self.ttl)
+            await self._write(self.running())
+
+    async def finish(self, *, result: Result | None = None, detail: dict[str, Any] | None = None) -> LedgerEntry:
+        """Store the final outcome; returns the stored ``done`` entry: ours, or the one that
+        got there first (publish that one). ``ClaimLost`` if another holder has the key now."""
+        return await self._end(LedgerEntry(
+            state="done", attempt=self.attempt, instance=self.holder, result=result, detail=detail,
+        ))
+
+    async def release(self, state: Literal["retrying", "delegated"], *, error: dict[str, Any] | None = None) -> LedgerEntry:
+        """Give the key back without finishing it; returns what is stored (``done`` if someone
+        finished it meanwhile)."""
+        return await self._end(LedgerEntry(state=state, attempt=self.attempt, instance=self.holder, error=error))
+
+    async def _end(self, entry: LedgerEntry) -> LedgerEntry:
+        async with self._lock:
+            try:
+                if self.lost:
+                    raise ClaimLost(self.key)
+                await self._write(entry)
+            except ClaimLost:
+                stored, _ = await self.ledger.read(self.key)
+                if stored is not None and stored.state == "done":
+                    return stored
+                raise
+            self.lost = True  # the claim is over: the heartbeat stops writing
+            return entry
+
+    async def _write(self, entry: LedgerEntry) -> None:
+        while True:
+            try:
+                self.revision = await self.ledger.write(self.key, entry, self.revision)
+                return
+            except LedgerConflict:
+                stored, revision = await self.ledger.read(self.key)
+                if stored is None or stored.owner != self.owner or stored.state != "running" or revision is None:
+                    self.lost = True
+                    raise ClaimLost(self.key) from None
+                self.revision = revision  # our own write whose answer we missed (a cancelled renew)
+
+    @asynccontextmanager
+    async def kept_alive(
+        self, *, beat: Callable[[], Awaitable[Any]] | None = None, every: float | None = None,
+    ) -> AsyncIterator["Claim"]:
+        """Renew the claim every ``every`` seconds (ttl/3) and call ``beat`` (the message's
+        ``in_progress``) as often, while the body runs."""
+        task = asyncio.create_task(self._heartbeat(beat, every or self.ttl / 3))
+        try:
+            yield self
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _heartbeat(self, beat: Callable[[], Awaitable[Any]] | None, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if beat is not None:
+                try:
+                    await beat()
+                except Exception as exc:  # the message may be gone; the claim still matters
+                    log.warning("%s: heartbeat on the message failed: %s", self.key, exc)
+            if self.lost:
+                continue
+            try:
+                await self.renew()
+            except ClaimLost:
+                log.warning("%s: claim lost (it expired and was taken over)", self.key)
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                log.warning("%s: claim not renewed (%s); trying again", self.key, exc)

@@ -1,23 +1,30 @@
 """How a command ends, for every worker that ends commands (commander, recordings).
 
-``conclude`` writes the one Result to the ledger and publishes it; ``republish`` sends a stored
-result again (its id derives from the command, so JetStream drops a repeat inside the duplicate
+``conclude`` stores the one Result in the ledger (compare-and-set: through the caller's claim, or
+without one only where nobody holds a live claim) and publishes the result that is stored, which
+is an earlier one if the command was already done; ``publish_stored`` sends a stored result that
+never reached the stream (the worker died in between); ``republish`` sends a result again (its id derives from the command, so JetStream drops a repeat inside the duplicate
 window); ``dead_letter`` keeps what could not be handled, with the reason; ``retry_delay`` is
 the backoff both workers use for transient failures.
+
+Whatever a sender or a vendor put in, what is published here serialises and fits in a NATS
+message: errors pass through ``bounded`` and a dead letter quotes at most ``MAX_QUOTED_BODY``
+bytes of the body (with its size and SHA-256 when cut).
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+from pydantic_core import from_json, to_json
 
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri, utcnow
-from pbxbridge.bus.ledger import Ledger
+from pbxbridge.bus.ledger import Claim, Ledger, LedgerEntry
 from pbxbridge.commands import RESULT_TYPE, Outcome, Result
 from pbxbridge.config import Settings
 from pbxbridge.redact import mask_params
@@ -26,6 +33,43 @@ if TYPE_CHECKING:
     from pbxbridge.bus import Bus
 
 DEAD_LETTER_TYPE = "pbx.deadletter.v1"
+
+MAX_TEXT = 2000  # characters of one string in an error or a dead letter
+MAX_ITEMS = 50  # entries of one list or object in an error
+MAX_DEPTH = 8
+MAX_QUOTED_BODY = 64 * 1024  # bytes of a message body a dead letter quotes
+MAX_HEADERS = 32
+
+
+def printable(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, lone surrogates replaced: it always encodes."""
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """A JSON-able copy of ``value`` with strings, lists, objects and nesting cut to size."""
+    if isinstance(value, str):
+        return printable(value)
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):  # bool is handled above
+        return value if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if depth >= MAX_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        items = list(value.items())
+        out = {printable(str(k), 200): bounded(v, depth + 1) for k, v in items[:MAX_ITEMS]}
+        if len(items) > MAX_ITEMS:
+            out["..."] = f"{len(items) - MAX_ITEMS} more entries"
+        return out
+    if isinstance(value, (list, tuple)):
+        out_list = [bounded(v, depth + 1) for v in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            out_list.append(f"... {len(value) - MAX_ITEMS} more items")
+        return out_list
+    return printable(repr(value))
 
 
 def result_event(result: Result) -> CloudEvent:
@@ -58,16 +102,33 @@ class Ending:
     def to_result(self) -> Result:
         return Result(
             command_id=self.command_id, command=self.command, vendor=self.vendor, account=self.account,
-            status=self.status, result=self.result, error=self.error, attempts=self.attempts, finished_at=utcnow(),
+            status=self.status, result=self.result, error=bounded(self.error), attempts=self.attempts,
+            finished_at=utcnow(),
         )
 
 
-async def conclude(bus: "Bus", ledger: Ledger, ending: Ending) -> Result:
-    """Record the result, then publish it: a crash in between republishes the same one."""
+async def conclude(bus: "Bus", ledger: Ledger, ending: Ending, *, claim: Claim | None = None) -> Result:
+    """Store the result, then publish the stored one: a crash in between publishes it on the
+    next delivery (``publish_stored``).
+
+    With ``claim``: compare-and-set on it (``ClaimLost`` if another holder took the key over:
+    that holder ends it). Without: only where no live claim stands (else ``ClaimHeld``)."""
     result = ending.to_result()
-    await ledger.finish(ending.ledger_key, result)
-    await republish(bus, result)
-    return result
+    if claim is not None:
+        stored = await claim.finish(result=result)
+    else:
+        stored = await ledger.finish(ending.ledger_key, result=result)
+    await publish_stored(bus, ledger, ending.ledger_key, stored)
+    return stored.result or result
+
+
+async def publish_stored(bus: "Bus", ledger: Ledger, key: str, entry: LedgerEntry) -> None:
+    """Publish a done entry's result unless it is known to be on the stream already: a command
+    re-sent after the duplicate window must not put a second result there."""
+    if entry.published or entry.result is None:
+        return
+    await republish(bus, entry.result)
+    await ledger.mark_published(key)
 
 
 async def republish(bus: "Bus", result: Result) -> None:
@@ -99,16 +160,34 @@ class DeadLetter:
     error: dict[str, Any] | None = None
 
 
-async def dead_letter(bus: "Bus", letter: DeadLetter) -> None:
-    """Keep the message as it came (credential-like fields masked) with the reason it failed."""
+def quoted_body(body: bytes) -> Any:
+    """A message body as a dead letter keeps it: JSON with credential-like fields masked, else
+    base64; at most ``MAX_QUOTED_BODY`` bytes, with the full size and SHA-256 when cut."""
     try:
-        body: Any = mask_params(json.loads(letter.body))
-    except ValueError:
-        body = {"base64": base64.b64encode(letter.body).decode()}
+        masked = to_json(mask_params(from_json(body)))  # from_json bounds nesting; to_json refuses surrogates
+    except Exception:  # not JSON, or JSON that cannot be written back: quote the bytes
+        masked = None
+    if masked is not None and len(masked) <= MAX_QUOTED_BODY:
+        return from_json(masked)
+    cut = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "truncated": True}
+    if masked is not None:  # masked JSON, cut as text: no credential leaks through the cut
+        return {"json_text": masked[:MAX_QUOTED_BODY].decode("utf-8", "replace"), **cut}
+    if len(body) <= MAX_QUOTED_BODY:
+        return {"base64": base64.b64encode(body).decode()}
+    return {"base64": base64.b64encode(body[:MAX_QUOTED_BODY]).decode(), **cut}
+
+
+def quoted_headers(headers: dict[str, str]) -> dict[str, str]:
+    kept = [(k, v) for k, v in headers.items() if k.lower().startswith("ce-") or k == "Nats-Msg-Id"]
+    return {printable(k, 100): printable(v) for k, v in kept[:MAX_HEADERS]}
+
+
+async def dead_letter(bus: "Bus", letter: DeadLetter) -> None:
+    """Keep the message as it came (credential-like fields masked, cut to size) with the reason
+    it failed."""
     data = DeadLetterData(
-        command_id=letter.command_id, reason=letter.reason, error=letter.error, subject=letter.subject,
-        headers={k: v for k, v in letter.headers.items() if k.lower().startswith("ce-") or k == "Nats-Msg-Id"},
-        body=body,
+        command_id=printable(letter.command_id, 300), reason=printable(letter.reason), error=bounded(letter.error),
+        subject=printable(letter.subject, 300), headers=quoted_headers(letter.headers), body=quoted_body(letter.body),
     ).model_dump(mode="json")
     event = CloudEvent(
         type=DEAD_LETTER_TYPE,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pbxbridge.bus import Bus
@@ -12,15 +13,17 @@ from pbxbridge.recordings import RECORDING_JOB_TYPE, RecordingJob
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.operation import Operation
 
+
 @dataclass(frozen=True)
 class VendorCall:
     client: VendorClient
     operation: Operation
     request: Any
+    deadline: datetime | None = None  # the command's: never sent after it, runs under what is left
 
 
 async def call_vendor(call: VendorCall) -> Any:
-    return await call.client.call(call.operation, call.request)
+    return await call.client.call(call.operation, call.request, deadline=call.deadline)
 
 
 async def hand_to_recordings(bus: Bus, job: RecordingJob) -> None:

@@ -9,13 +9,15 @@ Anything wrong raises ``Refusal`` with the outcome it ends in and a reason a use
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError
+from pbxbridge.bus.outcomes import MAX_ITEMS, printable
 from pbxbridge.bus.subjects import Subjects
 from pbxbridge.commands import NEUTRAL_COMMANDS, RecordingFetch
 from pbxbridge.config import Account, Config
@@ -33,6 +35,15 @@ class Delivery:
     body: bytes
     attempt: int  # JetStream's delivery count, from 1
     stream_seq: int
+    in_progress: Callable[[], Awaitable[object]] = field(default=lambda: _nothing(), repr=False)  # "still working"
+
+
+async def _nothing() -> None:
+    return None
+
+
+# A command id is the sender's idempotency key; it travels in results and headers.
+MAX_ID_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -65,8 +76,9 @@ class Refusal(Exception):
     """The command cannot run: it ends ``outcome`` with this reason."""
 
     def __init__(self, outcome: str, reason: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        reason = printable(reason)  # it may quote the sender's input: keep it short and encodable
         super().__init__(reason)
-        self.outcome, self.reason, self.details = outcome, reason, details or []
+        self.outcome, self.reason, self.details = outcome, reason, (details or [])[:MAX_ITEMS]
 
     def as_error(self) -> dict[str, Any]:
         error: dict[str, Any] = {"kind": self.outcome, "message": self.reason}
@@ -77,15 +89,31 @@ class Refusal(Exception):
 
 def fallback_id(delivery: Delivery) -> str:
     """An id for a message that has none of its own, stable across redeliveries."""
-    return delivery.headers.get("Nats-Msg-Id") or f"stream-seq-{delivery.stream_seq}"
+    msg_id = delivery.headers.get("Nats-Msg-Id", "")
+    return msg_id if 0 < len(msg_id) <= MAX_ID_CHARS else f"stream-seq-{delivery.stream_seq}"
+
+
+def command_id_of(delivery: Delivery) -> str:
+    """The message's ``ce-id`` where it is usable as an id, else ``fallback_id``."""
+    ce_id = delivery.headers.get("ce-id", "")
+    return ce_id if 0 < len(ce_id) <= MAX_ID_CHARS else fallback_id(delivery)
+
+
+def addressee(delivery: Delivery, subjects: Subjects) -> tuple[str, str, str]:
+    """(vendor, account, command) from the subject, where a result can be addressed to them."""
+    vendor, account, name = subjects.parse_command(delivery.subject)
+    subjects.result(vendor, account, name)  # raises ValueError on a token outside the allowed characters
+    return vendor, account, name
 
 
 def decode(delivery: Delivery, subjects: Subjects) -> Command:
     try:
-        vendor, account, name = subjects.parse_command(delivery.subject)
+        vendor, account, name = addressee(delivery, subjects)
         event = CloudEvent.from_nats(delivery.headers, delivery.body)
     except (ValueError, EnvelopeError) as exc:
         raise Refusal("rejected", f"not a command: {exc}") from None
+    if len(event.id) > MAX_ID_CHARS:
+        raise Refusal("rejected", f"not a command: ce-id is longer than {MAX_ID_CHARS} characters")
     deadline = None
     if raw := event.extensions.get("deadline"):
         try:
@@ -145,7 +173,9 @@ def _validate(model: type[BaseModel], params: Any) -> BaseModel:
 
 
 def _invalid(exc: ValidationError) -> Refusal:
-    details = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    details = [{"field": printable(".".join(str(p) for p in e["loc"]), 200), "problem": printable(e["msg"], 300)}
+               for e in errors[:MAX_ITEMS]]
     summary = "; ".join(f"{d['field'] or 'params'}: {d['problem']}" for d in details[:3])
     return Refusal("rejected", f"invalid parameters: {summary}", details=details)
 

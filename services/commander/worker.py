@@ -23,9 +23,15 @@ log = logging.getLogger("pbxbridge.commander")
 CONSUMER = "commander"
 
 
+async def raw_body(msg: NatsMessage) -> bytes:
+    """FastStream's decoder would parse JSON before our handler runs, and a body it cannot parse
+    (deep nesting, a 5,000-digit number, a bad body under ``content-type``) would never reach
+    the handler: we take the bytes and decode them ourselves."""
+    return msg.body
+
+
 def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
     settings = config.settings
-    slowest_call = max((a.options.timeout for a in config.accounts), default=10.0)
     broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
 
     @broker.subscriber(
@@ -34,20 +40,22 @@ def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroke
         durable=CONSUMER,
         pull_sub=PullSub(batch_size=settings.command_concurrency, timeout=1.0),
         max_workers=settings.command_concurrency,
+        decoder=raw_body,
         # Acks are ours: FastStream's default would terminate a message whose handler raised.
         ack_policy=AckPolicy.MANUAL,
         config=ConsumerConfig(
-            # One delivery beyond the attempts, so a worker dying on the last one still ends the command.
-            max_deliver=settings.command_max_deliver + 1,
-            # Room for a call, a re-login and a second call before JetStream redelivers.
-            ack_wait=max(30.0, 3 * slowest_call),
+            # Unlimited for JetStream: the handler concludes on delivery ``command_max_deliveries``,
+            # so a message never stops being delivered before it has its result.
+            max_deliver=-1,
+            # Work in progress says so (``in_progress`` with every claim heartbeat).
+            ack_wait=settings.command_ack_wait,
         ),
     )
     async def on_command(msg: NatsMessage) -> None:
         raw = msg.raw_message
         delivery = Delivery(
             subject=raw.subject, headers=dict(raw.headers or {}), body=raw.data,
-            attempt=raw.metadata.num_delivered, stream_seq=raw.metadata.sequence.stream,
+            attempt=raw.metadata.num_delivered, stream_seq=raw.metadata.sequence.stream, in_progress=raw.in_progress,
         )
         try:
             disposition = await handler.handle(delivery)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,53 +14,12 @@ from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent
 from pbxbridge.bus.ledger import Ledger, LedgerEntry, ledger_key
 from pbxbridge.commands import Result
-from pbxbridge.config import Config, Settings
+from pbxbridge.config import Settings
 from pbxbridge.sdk import command_event, send_command
 from pbxbridge.vendors.yemot import Simulator as YemotSimulator
-from services.commander.worker import serve
-from support import wait_for
+from support import CountingYemot, Rig, running_commander, wait_for
 
 QUEUE = "ivr2:/5"
-
-
-@dataclass
-class Rig:
-    bus: Bus
-    sim: YemotSimulator
-
-    async def send(self, command: str, params, **kw) -> Result:
-        kw.setdefault("command_id", str(uuid.uuid4()))
-        return await send_command(self.bus.nc, self.bus.subjects, "yemot", "acme", command, params, timeout=20, **kw)
-
-    def calls(self, operation: str) -> list[str]:
-        return [outcome for op, outcome in self.sim.requests if op == operation]
-
-    async def results_on(self, command: str) -> int:
-        subject = self.bus.subjects.result("yemot", "acme", command)
-        info = await self.bus.js.stream_info(self.bus.names.results, subjects_filter=subject)
-        return (info.state.subjects or {}).get(subject, 0)
-
-    async def dead_letters(self) -> list[dict]:
-        sub = await self.bus.js.subscribe(self.bus.subjects.all_dead_letters, ordered_consumer=True)
-        letters = []
-        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-            while True:
-                msg = await sub.next_msg(timeout=0.5)
-                letters.append(from_json(msg.data))
-        await sub.unsubscribe()
-        return letters
-
-
-@contextlib.asynccontextmanager
-async def running_commander(settings: Settings, bus: Bus, sim: YemotSimulator) -> AsyncIterator[Rig]:
-    config = Config(settings=settings, accounts=[sim.account("acme", timeout=0.5)])
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, bus, stop))
-    try:
-        yield Rig(bus, sim)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture
@@ -208,12 +164,17 @@ async def test_retries_end_in_failure_after_max_deliver(settings: Settings, bus:
     assert [o for _, o in sim.requests].count("fault:503") == 3
 
 
-async def test_timeout_of_an_unsafe_operation_is_not_retried(rig: Rig) -> None:
-    """QueueManagement may have acted when it timed out: it fails instead of running twice."""
-    rig.sim.faults.timeout_rate, rig.sim.faults.hang_seconds = 1.0, 1.0
-    result = await rig.send("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "101"})
-    assert result.status == "failed" and result.error["kind"] == "timeout"
-    assert "not safe to repeat" in result.error["message"]
+async def test_timeout_of_an_unsafe_operation_is_not_retried(settings: Settings, bus: Bus) -> None:
+    """QueueManagement may have acted when it timed out: failed/outcome_unknown, not retryable,
+    and the vendor saw exactly one call."""
+    settings.command_backoff = 0.05
+    async with CountingYemot(activity=False) as sim, running_commander(settings, bus, sim) as rig:
+        assert (await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})).status == "succeeded"  # logged in
+        sim.slow["QueueManagement"] = 1.0
+        result = await rig.send("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "101"})
+    assert result.status == "failed" and result.error["kind"] == "outcome_unknown"
+    assert result.error["retryable"] is False and "not safe to repeat" in result.error["message"]
+    assert sim.arrived("QueueManagement") == 1
 
 
 async def test_crash_mid_call_is_not_repeated_for_unsafe_operations(rig: Rig) -> None:

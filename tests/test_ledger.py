@@ -1,0 +1,134 @@
+"""Ledger claims against a real nats-server: owner, expiry, heartbeat, compare-and-set."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import pytest
+
+from pbxbridge.bus import Bus
+from pbxbridge.bus.ledger import Claim, ClaimHeld, ClaimLost, Done, Held, Ledger, LedgerEntry
+from pbxbridge.commands import Result
+
+
+TTL = 0.6
+
+
+@pytest.fixture
+async def ledger(bus: Bus) -> Ledger:
+    return Ledger(await bus.js.key_value(bus.names.ledger))
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < give_up, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def a_result(status: str = "succeeded") -> Result:
+    return Result(command_id="c", command="op.X", vendor="yemot", account="a", status=status,
+                  finished_at=datetime.now(timezone.utc))
+
+
+async def take(ledger: Ledger, key: str, holder: str = "w1", ttl: float = TTL) -> Claim:
+    claim = await ledger.claim(key, holder=holder, ttl=ttl)
+    assert isinstance(claim, Claim), claim
+    return claim
+
+
+async def test_claim_records_owner_and_expiry(ledger: Ledger) -> None:
+    """A new key is claimed: the entry is running, owned by the claim, with a future expiry."""
+    claim = await take(ledger, "archive.abc")
+    entry, _ = await ledger.read("archive.abc")
+    assert entry.state == "running" and entry.owner == claim.owner and entry.live()
+    assert claim.previous is None and claim.attempt == 1
+
+
+async def test_second_claimant_sees_a_live_claim(ledger: Ledger) -> None:
+    """While the first claim is live, a second claimant gets Held, not the key."""
+    first = await take(ledger, "k.live")
+    second = await ledger.claim("k.live", holder="w2", ttl=TTL)
+    assert isinstance(second, Held) and second.entry.owner == first.owner
+    assert 0 < second.wait <= TTL
+
+
+async def test_heartbeat_keeps_a_claim_past_its_ttl(ledger: Ledger) -> None:
+    """kept_alive renews the claim and beats the message: after 3 TTLs it is still held."""
+    claim = await take(ledger, "k.beat")
+    beats = 0
+
+    async def beat() -> None:
+        nonlocal beats
+        beats += 1
+
+    async with claim.kept_alive(beat=beat):
+        await wait_for(lambda: beats >= 6, timeout=5, what="six heartbeats")  # ~3 TTLs
+        assert isinstance(await ledger.claim("k.beat", holder="w2", ttl=TTL), Held)
+    assert (await claim.finish(result=a_result())).state == "done"
+
+
+async def test_expired_claim_is_taken_over(ledger: Ledger) -> None:
+    """A claim not renewed past its expiry is a dead worker: the next claimant takes it and
+    sees the dead claim as ``previous``; the old holder's finish then fails."""
+    dead = await take(ledger, "k.dead", ttl=0.2)
+    await wait_for(lambda: not dead.running().live(), timeout=2, what="the claim to expire")
+    heir = await take(ledger, "k.dead", holder="w2")
+    assert heir.previous.owner == dead.owner and heir.previous.state == "running" and heir.attempt == 2
+    with pytest.raises(ClaimLost):
+        await dead.finish(result=a_result("failed"))
+    with pytest.raises(ClaimLost):
+        await dead.renew()
+    stored = await heir.finish(result=a_result())
+    assert stored.result.status == "succeeded"
+
+
+async def test_finish_is_compare_and_set_and_done_is_never_overwritten(ledger: Ledger) -> None:
+    """Once done, a later finish (claim or not) and a claim all get the stored entry back."""
+    first = await take(ledger, "k.done", ttl=0.2)
+    assert (await first.finish(result=a_result("succeeded"))).result.status == "succeeded"
+    assert (await first.finish(result=a_result("failed"))).result.status == "succeeded"
+    assert (await ledger.finish("k.done", result=a_result("rejected"))).result.status == "succeeded"
+    again = await ledger.claim("k.done", holder="w2", ttl=TTL)
+    assert isinstance(again, Done) and again.entry.result.status == "succeeded"
+    entry, _ = await ledger.read("k.done")
+    assert entry.result.status == "succeeded"
+
+
+async def test_finish_without_a_claim_respects_a_live_claim(ledger: Ledger) -> None:
+    """Ledger.finish refuses to end a key someone is working on."""
+    await take(ledger, "k.busy")
+    with pytest.raises(ClaimHeld):
+        await ledger.finish("k.busy", result=a_result("rejected"))
+
+
+async def test_release_hands_the_key_back(ledger: Ledger) -> None:
+    """A released claim (retrying) is no longer live: the next claimant takes it at once."""
+    claim = await take(ledger, "k.retry")
+    await claim.release("retrying", error={"kind": "transient"})
+    heir = await take(ledger, "k.retry", holder="w2")
+    assert heir.previous.state == "retrying" and heir.previous.error == {"kind": "transient"}
+
+
+async def test_finish_survives_a_concurrent_renewal(ledger: Ledger) -> None:
+    """A renewal racing the finish is the holder's own write, not a conflict to give up on."""
+    claim = await take(ledger, "k.race")
+    for _ in range(20):
+        await asyncio.gather(claim.renew(), claim.renew())
+    stored = await claim.finish(result=a_result())
+    assert stored.owner == "" and stored.result.status == "succeeded"
+
+
+async def test_two_claimants_at_once_only_one_wins(ledger: Ledger) -> None:
+    """Compare-and-set on create: of 10 simultaneous claimants exactly one holds the key."""
+    outcomes = await asyncio.gather(*(ledger.claim("k.many", holder=f"w{i}", ttl=5) for i in range(10)))
+    assert sum(isinstance(o, Claim) for o in outcomes) == 1
+    assert sum(isinstance(o, Held) for o in outcomes) == 9
+
+
+def test_entry_without_expiry_is_not_live() -> None:
+    """A running entry from before claims had expiries is treated as a dead worker."""
+    assert not LedgerEntry(state="running").live()
