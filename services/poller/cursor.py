@@ -8,6 +8,11 @@ apart without relying on JetStream's duplicate window. The seen-set is bounded: 
 full the oldest instants are forgotten *whole* and ``floor`` moves past them, which can drop a
 very late record but never publishes one twice.
 
+``seq`` is the events stream's sequence of the last event the cursor covers. Acks arrive in
+order, so after a crash everything this feed's subject received after ``seq`` was published
+by the dead run: the poller reads it back into the cursor before publishing anything, which
+makes a restart exact whatever the moment of the crash, at the cost of one look-up per start.
+
 Writes are fenced with the KV revision: a replica that lost its lease cannot overwrite the
 cursor of the replica that took over.
 """
@@ -37,10 +42,11 @@ class Cursor:
     floor: float  # epoch seconds; records older than this are never published again
     ts: float | None = None  # the newest published record's time
     seen: dict[float, set[str]] = field(default_factory=dict)  # instant -> key digests published
+    seq: int = 0  # events stream sequence of the last event covered
 
     @classmethod
-    def initial(cls, now: float, backfill: float) -> "Cursor":
-        return cls(floor=now - backfill)
+    def initial(cls, now: float, backfill: float, seq: int = 0) -> "Cursor":
+        return cls(floor=now - backfill, seq=seq)
 
     def is_new(self, when: float, key: str) -> bool:
         return when >= self.floor and digest(key) not in self.seen.get(when, ())
@@ -73,6 +79,7 @@ class Cursor:
                 "owner": owner,
                 "floor": self.floor,
                 "ts": self.ts,
+                "seq": self.seq,
                 "seen": {repr(t): "".join(sorted(keys)) for t, keys in self.seen.items()},
             },
             separators=(",", ":"),
@@ -82,7 +89,7 @@ class Cursor:
     def from_bytes(cls, data: bytes) -> tuple["Cursor", str | None]:
         raw = json.loads(data)
         seen = {float(t): {keys[i : i + 16] for i in range(0, len(keys), 16)} for t, keys in raw["seen"].items()}
-        return cls(floor=raw["floor"], ts=raw["ts"], seen=seen), raw.get("owner")
+        return cls(floor=raw["floor"], ts=raw["ts"], seen=seen, seq=raw.get("seq", 0)), raw.get("owner")
 
 
 class CursorStore:

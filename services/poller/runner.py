@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -34,7 +35,7 @@ from pbxbridge.vendors.errors import (
 from services.poller.cursor import Cursor, CursorStore, LostOwnership
 from pbxbridge.feeds import Feed, FetchWindow
 from services.poller.lease import Lease
-from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order
+from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order, stored_after
 
 log = logging.getLogger("pbxbridge.poller")
 
@@ -112,7 +113,31 @@ class FeedPoller:
     # ---- one poll ------------------------------------------------------------------------
 
     async def load_cursor(self) -> None:
-        self.cursor = await self.store.load() or Cursor.initial(time.time(), self.feed.backfill)
+        self.cursor = await self.store.load()
+        if self.cursor is None:
+            # Written at once, so a crash before the first checkpoint is recovered like any other.
+            self.cursor = Cursor.initial(time.time(), self.feed.backfill, seq=await self.last_stored_seq())
+            await self.save_cursor()
+            return
+        await self.recover_unrecorded()
+
+    async def last_stored_seq(self) -> int:
+        return (await self.bus.js.stream_info(self.bus.names.events)).state.last_seq
+
+    async def recover_unrecorded(self) -> None:
+        """Events a previous run stored after its last cursor write (it died between an ack and
+        the next checkpoint) are published: take them into the cursor before publishing again."""
+        stored = await stored_after(self.bus.js, self.bus.names.events, self.subject, self.cursor.seq)
+        if not stored:
+            return
+        published = []
+        for _, body in stored:
+            data = json.loads(body)
+            published.append((datetime.fromisoformat(data["occurred_at"]).timestamp(), data["key"]))
+        self.cursor.advance(published, lookback=self.feed.lookback, max_seen=self.feed.max_seen)
+        self.cursor.seq = stored[-1][0]
+        log.info("%s: %d event(s) stored after the last cursor write taken into the cursor", self.label, len(stored))
+        await self.save_cursor()
 
     async def poll_once(self, stop: asyncio.Event) -> float | None:
         """Fetch, publish, advance. Returns a minimum delay before the next poll, if any."""
@@ -182,9 +207,10 @@ class FeedPoller:
         """Publish until every message is acked (or stop); the cursor follows the acks."""
         committed = 0
 
-        async def checkpoint(acked: int) -> None:
+        async def checkpoint(acked: int, seq: int) -> None:
             nonlocal committed
             self.cursor.advance(stamps[committed:acked], lookback=self.feed.lookback, max_seen=self.feed.max_seen)
+            self.cursor.seq = max(self.cursor.seq, seq)
             self.meters.published.add(acked - committed, self.attrs)
             committed = acked
             await self.save_cursor()
@@ -199,7 +225,7 @@ class FeedPoller:
                 )
             except PublishInterrupted as exc:
                 if exc.acked > committed:
-                    await checkpoint(exc.acked)
+                    await checkpoint(exc.acked, exc.seq)
                 self.meters.publish_retries.add(1, self.attrs)
                 log.warning("%s: bus did not confirm (%r); retrying from event %d of %d",
                             self.label, exc.cause, committed, len(messages))
