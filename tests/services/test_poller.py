@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
@@ -214,10 +215,12 @@ async def _count_above(bus: Bus, n: int) -> bool:
 
 
 async def test_two_replicas_split_by_lease_and_take_over(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
-    """Two pollers on one feed: each SMS once; when the holder stops, the other carries on."""
+    """Two pollers on one feed: the vendor is polled at one replica's rate; when the holder stops, the other carries on."""
     other = psettings.model_copy(update={"instance": "replica-b"})
+    interval = 0.2
     async with open_bus(other, name="test-poller-b") as bus_b:
-        first, second = running_poller(config_for(psettings, sim), pbus), running_poller(config_for(other, sim), bus_b)
+        first = running_poller(config_for(psettings, sim, poll_interval=interval), pbus)
+        second = running_poller(config_for(other, sim, poll_interval=interval), bus_b)
         async with second:
             async with first:
                 for i in range(200):
@@ -225,6 +228,10 @@ async def test_two_replicas_split_by_lease_and_take_over(psettings: Settings, pb
                 await wait_for(lambda: _count_is(pbus, SEEDED + 200), what="events with two replicas")
                 leases = await pbus.js.key_value(pbus.names.leases)
                 holder = (await leases.get("yemot.acme.sms")).value.decode()
+                # JetStream would drop a second replica's events as duplicates: count what the vendor saw.
+                polls, seconds = await _polls_during(sim, 2.0)
+                assert polls <= seconds / interval + 2, f"{polls} polls in {seconds:.1f}s: more than one replica polls"
+                assert (await leases.get("yemot.acme.sms")).value.decode() == holder
             if holder == "replica-a":  # replica-a stopped: replica-b must take over
                 for i in range(50):
                     sim.add_sms(message=f"after a stopped {i}")
@@ -237,6 +244,16 @@ async def test_two_replicas_split_by_lease_and_take_over(psettings: Settings, pb
                 await wait_for(lambda: _count_is(pbus, SEEDED + 250), what="take-over by replica-a")
     keys = await stored_keys(pbus)
     assert len(keys) == len(set(keys)) == SEEDED + 250
+
+
+async def _polls_during(sim: Simulator, seconds: float) -> tuple[int, float]:
+    """SMS-log requests the simulator answered over about ``seconds``, and the exact span."""
+    def polls() -> int:
+        return sum(op == "GetSmsIncomingLog" for op, _ in sim.requests)
+
+    started, before = time.monotonic(), polls()
+    await wait_for(lambda: time.monotonic() - started >= seconds, timeout=seconds + 5, what=f"{seconds}s of polling")
+    return polls() - before, time.monotonic() - started
 
 
 def test_cursor_forgets_whole_instants_and_never_admits_a_duplicate() -> None:
