@@ -44,10 +44,14 @@ class Stored:
     data: Any
 
 
-async def read_all(bus: Bus, subject: str) -> list[Stored]:
-    """Every message stored on ``subject``, in stream order."""
+def dead_letter_subject(bus: Bus, account: str = "acme") -> str:
+    return bus.subjects.dead_letter("feeds", "yemot", account, "sms")
+
+
+async def read_all(bus: Bus, subject: str, *, stream: str | None = None) -> list[Stored]:
+    """Every message stored on ``subject`` (in the events stream unless told), in stream order."""
     config = ConsumerConfig(ack_policy=AckPolicy.NONE)  # read-only: nothing to acknowledge
-    sub = await bus.js.pull_subscribe(subject, stream=bus.names.events, config=config)
+    sub = await bus.js.pull_subscribe(subject, stream=stream or bus.names.events, config=config)
     try:
         pending = (await sub.consumer_info()).num_pending
         out: list[Stored] = []

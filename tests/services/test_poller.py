@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from helpers_poller import count, health_subject, metric_reader, metric_sum, read_all, running_poller, sms_subject, wait_for
+from helpers_poller import count, dead_letter_subject, health_subject, metric_reader, metric_sum, read_all, running_poller, sms_subject, wait_for
 from pbxbridge.bus import Bus, open_bus
 from pbxbridge.bus.envelope import deterministic_id
 from pbxbridge.config import Config, Settings
@@ -159,17 +159,25 @@ async def _count_is_on(bus: Bus, subject: str, n: int) -> bool:
     return await count(bus, subject) == n
 
 
-async def test_reply_failing_the_model_is_malformed(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
-    """A row the model refuses (a date that is no date) is a malformed reply, not a crash and not a skip."""
-    async with running_poller(config_for(psettings, sim), pbus):
+async def test_row_failing_the_model_is_dead_lettered_once_and_skipped(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """A row the model refuses is dead-lettered with the reason, once, and the rows after it flow on."""
+    reader, meter = metric_reader()
+    async with running_poller(config_for(psettings, sim), pbus, meter=meter):
         await wait_for(lambda: _count_is(pbus, SEEDED), what="seeded SMS")
         broken = sim.add_sms(message="broken row")
-        good = sim.add_sms(message="good row")
+        sim.add_sms(message="good row")
         broken["server_date"] = "soon a date"
-        await wait_for(lambda: count(pbus, health_subject(pbus)), what="a health event")
-        assert await count(pbus, sms_subject(pbus)) == SEEDED  # the good row waits with the cursor
-        broken["server_date"] = good["server_date"]
-        await wait_for(lambda: _count_is(pbus, SEEDED + 2), what="both rows after the fix")
+        await wait_for(lambda: _count_is(pbus, SEEDED + 1), what="the good row, past the broken one")
+        await wait_for(lambda: _count_is_on(pbus, health_subject(pbus), 2), what="malformed, then recovered")
+        polls = len(sim.requests)
+        await wait_for(lambda: len(sim.requests) >= polls + 3, what="three more polls")
+        sim.add_sms(message="later row")
+        await wait_for(lambda: _count_is(pbus, SEEDED + 2), what="a later row")
+    assert metric_sum(reader, "pbx.poller.records.rejected") == 1  # dead-lettered once, not at every poll
+    letters = await read_all(pbus, dead_letter_subject(pbus), stream=pbus.names.dead_letters)
+    assert len(letters) == 1
+    assert letters[0].data["body"]["message"] == "broken row" and "server_date" in letters[0].data["reason"]
+    assert "soon a date" not in letters[0].data["reason"]  # the reason names the field, not the value
     statuses = [m.data["status"] for m in await read_all(pbus, health_subject(pbus))]
     assert statuses == ["malformed_reply", "recovered"]
 
