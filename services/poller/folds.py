@@ -18,16 +18,27 @@ def is_repeated(when: datetime) -> bool:
     return when.utcoffset() != when.replace(fold=1 - when.fold).utcoffset()
 
 
-def settle_folds(times: Iterable[datetime], *, slack: float) -> list[float]:
-    """Epoch seconds of ``times`` (aware, in arrival order). A repeated local time is read as its
-    second occurrence when the first would put it more than ``slack`` seconds before a record
-    that arrived earlier; arrival order within ``slack`` is not trusted to mean time order."""
-    out: list[float] = []
-    latest: float | None = None
-    for when in times:
+class FoldSettler:
+    """Epoch seconds of aware local times given one by one in arrival order. A repeated local
+    time is read as its second occurrence when the first would put it more than ``slack``
+    seconds before a record that arrived earlier; arrival order within ``slack`` is not
+    trusted to mean time order."""
+
+    def __init__(self, slack: float) -> None:
+        self.slack = slack
+        self.latest: float | None = None
+
+    def __call__(self, when: datetime) -> float:
         stamp = when.timestamp()
-        if latest is not None and stamp < latest - slack and is_repeated(when):
+        if self.latest is None:
+            self.latest = stamp
+        elif stamp < self.latest - self.slack and is_repeated(when):
             stamp = max(stamp, when.replace(fold=1).timestamp())
-        out.append(stamp)
-        latest = stamp if latest is None else max(latest, stamp)
-    return out
+        self.latest = max(self.latest, stamp)
+        return stamp
+
+
+def settle_folds(times: Iterable[datetime], *, slack: float) -> list[float]:
+    """``FoldSettler`` over a whole sequence."""
+    settle = FoldSettler(slack)
+    return [settle(when) for when in times]

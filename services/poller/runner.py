@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import random
@@ -36,7 +37,7 @@ from pbxbridge.vendors.errors import (
 )
 from services.poller.cursor import Cursor, CursorStore, LostOwnership, digest
 from pbxbridge.feeds import Feed, FetchWindow
-from services.poller.folds import settle_folds
+from services.poller.folds import FoldSettler
 from services.poller.lease import Lease
 from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order, stored_after
 
@@ -124,6 +125,32 @@ class Breather:
 breathe = Breather()
 
 
+class HeapPinning:
+    """CPython's full collections walk every live object: with a 200,000-record page in memory
+    each one stalls the loop for up to a second, and finds nothing (records are freed by
+    reference counting). While a big page is worked on, what is alive is taken out of the
+    collector's sight every ``every`` records (``gc.freeze``, constant time) and handed back
+    when the poll ends (``gc.unfreeze``)."""
+
+    every = 16384
+
+    def __init__(self) -> None:
+        self.pinned = False
+
+    def __call__(self, processed: int) -> None:
+        if processed and not processed % self.every:
+            self.now()
+
+    def now(self) -> None:
+        gc.freeze()
+        self.pinned = True
+
+    def release(self) -> None:
+        if self.pinned:
+            gc.unfreeze()
+            self.pinned = False
+
+
 def _time_of(record: Stamped) -> float:
     return record[0]
 
@@ -152,6 +179,7 @@ class FeedPoller:
         self.cursor: Cursor | None = None
         self.cursor_dirty = False  # advanced in memory, not yet written (bus trouble)
         self.reported = OK
+        self.pin = HeapPinning()
 
     # ---- one poll ------------------------------------------------------------------------
 
@@ -188,6 +216,12 @@ class FeedPoller:
 
     async def poll_once(self, stop: asyncio.Event) -> float | None:
         """Fetch, publish, advance. Returns a minimum delay before the next poll, if any."""
+        try:
+            return await self._poll(stop)
+        finally:
+            self.pin.release()
+
+    async def _poll(self, stop: asyncio.Event) -> float | None:
         if self.cursor is None:
             await self.load_cursor()
         if self.cursor_dirty:
@@ -207,6 +241,8 @@ class FeedPoller:
         elif self.reported != OK:
             await self.report(OK, None)
         await self.publish(messages, stamps, stop)
+        for done in (messages, stamps, page.records):
+            await discard(done)
         if messages:
             log.debug("%s: fetch %.3fs, build %.3fs, publish %.3fs", self.label,
                       fetched - started, built - fetched, time.perf_counter() - built)
@@ -230,7 +266,7 @@ class FeedPoller:
                 break
             limit = _next_limit(limit, [r[0] for r in page.records], floor, feed.max_page)
         # Stable sort: records of the same instant keep the vendor's (arrival) order.
-        records = _number_repeats(sorted(page.records, key=_time_of))
+        records = await _number_repeats(sorted(page.records, key=_time_of))
         await breathe()
         # A full page may begin in the middle of a minute: that minute cannot be judged.
         complete_from = (min(r[0] for r in records) // 60 + 1) * 60 if full and records else 0.0
@@ -238,27 +274,33 @@ class FeedPoller:
         if late:
             self.meters.late.add(len(late), {**self.attrs, "outcome": "published"})
             log.warning("%s: %d record(s) below the cursor were never published; publishing them", self.label, len(late))
-        page.records = sorted(late, key=_time_of) + [r for r in records if self.cursor.is_new(r[0], r[1])]
+        fresh = []
+        for i, record in enumerate(records):
+            if not i & 255:
+                await breathe()
+                self.pin(i)
+            if self.cursor.is_new(record[0], record[1]):
+                fresh.append(record)
+        page.records = sorted(late, key=_time_of) + fresh
         return page
 
     async def parse(self, rows: Sequence[Any]) -> Page:
         """Validate and stamp rows (in arrival order), handing the loop back as it goes."""
         feed, page = self.feed, Page()
-        times: list[datetime] = []
+        settle = FoldSettler(slack=feed.lookback)
+        if len(rows) >= self.pin.every:
+            self.pin.now()  # the process' own long-lived objects too: a full collection walks them all
         for i, raw in enumerate(rows):
             if not i & 63:
                 await breathe()
+                self.pin(i)
             try:
                 record = feed.parse(raw)
                 when, key = feed.time(record), feed.key(record)
             except (ValidationError, ValueError, KeyError, TypeError) as exc:
                 page.refused.append((raw, exc))
                 continue
-            times.append(when)
-            page.records.append((0.0, key, record, raw))
-        stamps = settle_folds(times, slack=feed.lookback)
-        await breathe()
-        page.records = [(when, key, record, raw) for when, (_, key, record, raw) in zip(stamps, page.records)]
+            page.records.append((settle(when), key, record, raw))
         return page
 
     async def build(self, page: Page) -> tuple[list[Outgoing], list[tuple[float, str]]]:
@@ -268,6 +310,7 @@ class FeedPoller:
         for i, (when, key, record, raw) in enumerate(page.records):
             if not i & 63:
                 await breathe()
+                self.pin(i)
             occurred = datetime.fromtimestamp(when, timezone.utc)
             try:
                 data = feed.event.model_validate(
@@ -429,18 +472,33 @@ def _next_limit(limit: int, times: list[float], floor: float, max_page: int) -> 
     return int(min(max_page, max(limit * 2, guess)))
 
 
-def _number_repeats(stamped: list[Stamped]) -> list[Stamped]:
+async def _number_repeats(stamped: list[Stamped]) -> list[Stamped]:
     """Identical records (same natural key) are told apart by their order of arrival:
     ``key``, ``key#2``... (``stamped`` is in arrival order)."""
-    counts = Tally(s[1] for s in stamped)
-    if all(n == 1 for n in counts.values()):
+    keys: set[str] = set()
+    repeated = False
+    for i, record in enumerate(stamped):
+        if not i & 1023:
+            await breathe()
+        repeated = repeated or record[1] in keys
+        keys.add(record[1])
+    if not repeated:
         return stamped
     seen: Tally[str] = Tally()
     out = []
-    for when, key, *rest in stamped:
+    for i, (when, key, *rest) in enumerate(stamped):
+        if not i & 1023:
+            await breathe()
         seen[key] += 1
         out.append((when, key if seen[key] == 1 else f"{key}#{seen[key]}", *rest))
     return out
+
+
+async def discard(items: list) -> None:
+    """Free a big list a slice at a time: 200,000 records freed at once stall the loop."""
+    while items:
+        del items[-4096:]
+        await breathe()
 
 
 class FeedSupervisor:
