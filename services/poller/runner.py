@@ -241,11 +241,11 @@ class FeedPoller:
         elif self.reported != OK:
             await self.report(OK, None)
         await self.publish(messages, stamps, stop)
-        for done in (messages, stamps, page.records):
-            await discard(done)
         if messages:
             log.debug("%s: fetch %.3fs, build %.3fs, publish %.3fs", self.label,
                       fetched - started, built - fetched, time.perf_counter() - built)
+        for done in (messages, stamps, page.records):
+            await discard(done)
         return None
 
     async def fetch_new(self) -> Page:
