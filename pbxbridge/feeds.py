@@ -2,8 +2,10 @@
 
 A vendor writes one ``Feed`` per kind of record in ``pbxbridge/vendors/<vendor>/feeds.py``;
 nothing in ``services/`` names a vendor. The declaration says how to fetch a page of
-records newer than a point in time, what identifies a record (its natural key), when it
-happened, and how to build the event data from it. The poller does the rest.
+records newer than a point in time, how to parse one record, what identifies a record (its
+natural key), when it happened, and how to build the event data from it. The poller does the
+rest: it parses a page record by record, yielding to the event loop, and dead-letters a record
+the model refuses instead of failing the whole page.
 """
 
 from __future__ import annotations
@@ -38,22 +40,28 @@ class FetchWindow:
 class Feed(Generic[R]):
     """One kind of vendor record, declared once.
 
+    ``fetch`` returns the page's records as the vendor sent them (decoded JSON), ``parse``
+    validates one of them (raising pydantic's ``ValidationError``).
     ``build`` returns the event's own fields (everything but vendor, account, key and
     occurred_at, which the poller fills in from ``key`` and ``time``), including ``original``.
     """
 
     name: str  # stable: it is part of event ids, cursor and lease keys
     event: type[EventData]
-    fetch: Callable[["VendorClient", FetchWindow], Awaitable[Sequence[R]]]
+    fetch: Callable[["VendorClient", FetchWindow], Awaitable[Sequence[Any]]]
+    parse: Callable[[Any], R]
     key: Callable[[R], str]
-    time: Callable[[R], datetime]  # timezone-aware
+    # Timezone-aware. A local time repeated at a DST fall-back may come with fold=0: the poller
+    # settles the fold from the records' order of arrival.
+    time: Callable[[R], datetime]
     build: Callable[[R, "Account"], dict[str, Any]]
-    newest_first: bool = False  # the vendor lists the latest record first (a log)
+    newest_first: bool = False  # the vendor lists the latest record first (a log in arrival order)
     page_size: int = 1000  # first limit asked for; grows while pages come back full
     max_page: int = 200_000  # beyond this a backlog is taken newest-first, with a warning
     lookback: float = 120.0  # seconds before the cursor where late records are still accepted
     max_seen: int = 5000  # records remembered for the lookback (restarts beyond the dedupe window)
     backfill: float = 86400.0  # first start: publish records this many seconds old
+    recall: float = 2 * 86400.0  # seconds below the floor where a record never published is still noticed
 
     def matches(self, names: Sequence[str] | None) -> bool:
         """An account's ``options.feeds`` may name the feed or the event it produces."""
