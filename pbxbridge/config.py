@@ -109,7 +109,8 @@ class AccountOptions(BaseModel):
     timeout: float = Field(10.0, gt=0, description="seconds per vendor HTTP call")
     rate_per_second: float = Field(10.0, gt=0, description="vendor calls per second, per account")
     max_concurrency: int = Field(4, ge=1, description="vendor calls in flight, per account")
-    max_reply_bytes: int = Field(16 * 2**20, ge=1024, description="largest vendor reply read, after decompression")
+    # Room for a feed's largest page (200,000 log rows are ~23 MB) while still stopping a gzip bomb.
+    max_reply_bytes: int = Field(64 * 2**20, ge=1024, description="largest vendor reply read, after decompression")
     max_download_bytes: int = Field(2**30, ge=1024, description="largest recording file fetched")
     poll_interval: float = Field(5.0, gt=0, description="seconds between polls of one feed")
     feeds: list[str] | None = Field(None, description="feeds to poll; default: all the vendor has")
