@@ -62,6 +62,11 @@ class Feed(Generic[R]):
     max_seen: int = 5000  # records remembered for the lookback (restarts beyond the dedupe window)
     backfill: float = 86400.0  # first start: publish records this many seconds old
     recall: float = 2 * 86400.0  # seconds below the floor where a record never published is still noticed
+    interval: float | None = None  # default seconds between polls; the account's poll_interval otherwise
+    # For docs/events.md: the documented operations it reads, and the catalogue fields this
+    # vendor cannot fill (a test checks they stay null and the others get filled).
+    operations: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()
 
     def matches(self, names: Sequence[str] | None) -> bool:
         """An account's ``options.feeds`` may name the feed or the event it produces."""
@@ -118,7 +123,9 @@ class StateFeed:
     events: tuple[type[EventData], ...]  # every event type ``build`` may return
     fetch: Callable[["VendorClient", "Account"], Awaitable[Sequence[Observation]]]
     build: Callable[[EntityChange, "Account"], tuple[type[EventData], dict[str, Any]] | None]
-    interval: float | None = None  # default poll interval for this feed; the account's otherwise
+    interval: float | None = None  # default seconds between polls; the account's poll_interval otherwise
+    operations: tuple[str, ...] = ()  # as for Feed
+    unavailable: tuple[str, ...] = ()
 
     def matches(self, names: Sequence[str] | None) -> bool:
         return names is None or self.name in names or any(e.event in names for e in self.events)
