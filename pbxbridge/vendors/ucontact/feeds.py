@@ -95,7 +95,10 @@ async def fetch_cdr(client: VendorClient, window: FetchWindow) -> list[dict[str,
 
 def parse_cdr(raw: dict[str, Any]) -> CdrEntry:
     entry = CdrEntry(CdrRecord.model_validate(raw["row"]), ZoneInfo(raw["timezone"]), raw["row"])
-    entry.disposition  # an unknown outcome word is refused (dead-lettered), never guessed  # noqa: B018
+    word = entry.record.disposition
+    if word and word.upper() not in DISPOSITIONS:
+        # An outcome the feed does not know is refused (dead-lettered by the poller), never guessed.
+        raise ValueError(f"unknown CDR disposition {word!r}")
     return entry
 
 
@@ -138,7 +141,6 @@ CDR = Feed(
     key=cdr_key,
     time=cdr_time,
     build=cdr_event,
-    interval=10.0,  # each poll pages through the last hour's calls
     operations=("getrecords",),
     # The row has one time and one length: nothing says when the call was answered.
     unavailable=("answered_at", "billable_seconds"),
