@@ -4,6 +4,7 @@ fed the document's own example replies through the simulator."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -177,3 +178,96 @@ async def _count(bus: Bus, n: int) -> bool:
     got = len(await call_events(bus))
     assert got <= n, f"{got} call.ended events for {n} calls"
     return got == n
+
+
+async def test_recording_ref_fetches_the_recording_filed_under_the_local_day(sim: Simulator) -> None:
+    """A call at 22:30 Montevideo (01:30 UTC the next day) is filed under its local day: the event's
+    ref, sent as recording.fetch, finds it there."""
+    began = datetime(2026, 11, 29, 22, 30)
+    guid = sim.add_recorded_call(when=began, duration=60, place=f"backup/records/{began:%Y%m%d}")
+    account = sim.account()
+    [row] = await fetch_rows(sim, datetime(2026, 11, 30, 1, 0, tzinfo=timezone.utc))
+    ref = CallEnded.model_validate({"vendor": "ucontact", "account": "sim", "key": guid, "occurred_at": began.replace(
+        tzinfo=sim.zone), **CDR.build(parse_cdr(row), account)}).recording
+    assert ref is not None and ref.call_date.date() != began.date()  # the UTC day is not the folder
+    async with Client(account) as client:
+        audio = await fetch_recording(client, RecordingFetch(call_id=ref.call_id, call_date=ref.call_date))
+    assert audio.source == f"/backup/records/{began:%Y%m%d}/{guid}.mp3"
+
+
+def test_call_ended_fills_all_but_the_declared_unavailable_fields() -> None:
+    """An answered call fills every call.ended field except those the CDR feed declares unavailable."""
+    raw = {"guid": "g2", "calldate": "2026-11-30 10:00:00", "duration": 75, "campaign": "Soporte<-", "agent": "Daniel",
+           "source": "099123456", "destination": "1001", "disposition": "ANSWERED"}
+    data = CallEnded.model_validate({"vendor": "ucontact", "account": "a", "key": "g2",
+                                     "occurred_at": datetime(2026, 11, 30, 13, 1, 15, tzinfo=timezone.utc),
+                                     **CDR.build(parse_cdr({"timezone": "America/Montevideo", "row": raw}),
+                                                 Simulator(activity=False).account(phone_region="UY"))})
+    dumped = data.model_dump()
+    assert {k for k, v in dumped.items() if v is None} == set(CDR.unavailable)
+    assert dumped["caller"]["e164"] == "+59899123456" and dumped["direction"] == "inbound"
+
+
+# ---- state feeds, from the document's examples ----------------------------------------------
+
+async def test_queue_summary_example_becomes_queue_status(sim: Simulator) -> None:
+    """The document's queuesummary: two queues (the trailer is no queue), waiting and longest wait kept."""
+    serve_document_examples(sim)
+    seen = await first_look(QUEUES, sim)
+    assert set(seen) == {"Power<-", "test->"}
+    observation, (event, data) = seen["Power<-"]
+    assert event.event == "queue.status.changed" and observation.original == DOC_QUEUESUMMARY[0]
+    assert (data["waiting"], data["longest_wait_seconds"], data["agents"]) == (3, 220, {"available": 5})
+
+
+async def test_campaign_status_example_becomes_campaign_status(sim: Simulator) -> None:
+    """The document's campaignstatus: counters as numbers (text ones too), direction from the name."""
+    serve_document_examples(sim)
+    seen = await first_look(CAMPAIGNS, sim)
+    _, (event, data) = seen["test->"]
+    assert event.event == "campaign.status.changed" and data["direction"] == "outbound"
+    assert data["counters"]["wrapup"] == 3 and data["counters"]["slevelthreshold"] == 3.0
+    assert seen["Power<-"][1][1]["direction"] == "inbound" and data["original"] == DOC_CAMPAIGNSTATUS_ALL["test->"]
+
+
+async def test_agents_example_becomes_agent_status(sim: Simulator) -> None:
+    """The document's agents of test->: UNAVAILABLE is offline, NOT_INUSE available, "[]" no reason."""
+    serve_document_examples(sim)
+    seen = await first_look(AGENTS, sim)
+    states = {entity: (data["agent"], data["status"], data["vendor_status"], data["reason"])
+              for entity, (_, (_, data)) in seen.items()}
+    assert states == {"SIP/1010@test->": ("Daniel", "offline", "UNAVAILABLE", None),
+                      "SIP/1001@test->": ("Santiago", "available", "NOT_INUSE", None)}
+    assert seen["SIP/1010@test->"][0].original == DOC_CAMPAIGNSTATUS_TEST["SIP/1010"]
+
+
+@pytest.mark.parametrize(("status", "paused", "expected"), [
+    (1, True, "paused"), (2, True, "on_call"), (8, False, "on_call"), (6, False, "busy"), (9, False, "busy"),
+    (0, False, "offline"),
+])
+async def test_agent_words_and_pause_reason(sim: Simulator, status: int, paused: bool, expected: str) -> None:
+    """Asterisk's codes and the pause map to the catalogue's statuses; a bracketed reason is kept bare."""
+    sim.agents["SIP/1001"].update(status=status, paused=paused, pausedreason="[Almuerzo]" if paused else "[]")
+    _, (_, data) = (await first_look(AGENTS, sim))["SIP/1001@test->"]
+    assert data["status"] == expected and data["reason"] == ("Almuerzo" if paused else None)
+
+
+async def test_simulator_lives_on_its_own_ticks(sim: Simulator) -> None:
+    """Ticks end calls into the CDR with recordings in several of the four places, move callers in and
+    out of queues, count calls in campaigns and change agents' statuses."""
+    looks = []
+    for _ in range(6):
+        await tick(sim)
+        looks.append({feed.name: {e: o.state for e, (o, _) in (await first_look(feed, sim)).items()}
+                      for feed in (QUEUES, CAMPAIGNS, AGENTS)})
+    rows = await fetch_rows(sim, datetime.now(timezone.utc) - timedelta(minutes=1))
+    assert len(rows) == 6 and {parse_cdr(r).disposition for r in rows} >= {"answered"}
+    guids = {r["row"]["guid"] for r in rows}
+    # The four places: telephony or backup server, with or without the day's folder.
+    places = {(path.startswith("backup/"), bool(re.search(r"/\d{8}/", path))) for path in sim.files
+              if path.rsplit("/", 1)[1].split(".")[0] in guids}
+    assert len(places) >= 2, places
+    waiting = [sum(q["callers"] for q in look["queues"].values()) for look in looks]
+    calls = [sum(c["totalcalls"] for c in look["campaigns"].values()) for look in looks]
+    statuses = {repr(sorted((e, a["status"]) for e, a in look["agents"].items())) for look in looks}
+    assert len(set(waiting)) > 1 and calls == sorted(calls) and calls[-1] - calls[0] == 5 and len(statuses) > 1
