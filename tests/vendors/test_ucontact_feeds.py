@@ -271,3 +271,18 @@ async def test_simulator_lives_on_its_own_ticks(sim: Simulator) -> None:
     calls = [sum(c["totalcalls"] for c in look["campaigns"].values()) for look in looks]
     statuses = {repr(sorted((e, a["status"]) for e, a in look["agents"].items())) for look in looks}
     assert len(set(waiting)) > 1 and calls == sorted(calls) and calls[-1] - calls[0] == 5 and len(statuses) > 1
+
+
+async def test_calls_begun_in_the_repeated_hour_keep_their_real_times() -> None:
+    """Madrid's fall-back: calls listed after one that ended at 02:50 (CEST) but stamped 02:10-02:20
+    began in the second pass (CET): their start, end and the poller's stamp are an hour later than fold=0."""
+    async with Simulator(activity=False, zone="Europe/Madrid") as sim:
+        sim.cdr.clear()
+        sim.add_recorded_call(when=datetime(2026, 10, 25, 2, 40), duration=600)  # first pass, ends 00:50 UTC
+        second = [sim.add_recorded_call(when=datetime(2026, 10, 25, 2, m), duration=300) for m in (10, 20)]
+        rows = await fetch_rows(sim, datetime(2026, 10, 25, 0, 30, tzinfo=timezone.utc))
+    entries = {e.record.guid: e for e in map(parse_cdr, rows)}
+    for guid, minute in zip(second, (10, 20)):
+        data = CDR.build(entries[guid], sim.account())
+        assert data["started_at"] == datetime(2026, 10, 25, 1, minute, tzinfo=timezone.utc)
+        assert CDR.time(entries[guid]).astimezone(timezone.utc) == datetime(2026, 10, 25, 1, minute + 5, tzinfo=timezone.utc)
