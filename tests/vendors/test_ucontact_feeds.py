@@ -106,6 +106,24 @@ async def test_cdr_pages_fifty_at_a_time_until_a_short_page(sim: Simulator) -> N
     assert [op for op, _ in sim.requests].count("getrecords") == 3
 
 
+async def test_cdr_paging_survives_rows_written_between_pages(sim: Simulator) -> None:
+    """Listed newest first, a call written between two pages shifts the offsets: no row is lost
+    and none is returned twice."""
+    for i in range(100):
+        sim.add_recorded_call(when=sim.now() - timedelta(minutes=20, seconds=-i))
+
+    def newest_first_while_calls_end(req):
+        page = list(reversed(sim.cdr))[req.lastrow: req.lastrow + req.searchLimit]
+        sim.add_recorded_call()  # another call ends before the next page is asked for
+        return page
+
+    before = {row["guid"] for row in sim.cdr}
+    sim.getrecords = newest_first_while_calls_end
+    rows = await fetch_rows(sim, datetime.now(timezone.utc) - timedelta(hours=1))
+    guids = [r["row"]["guid"] for r in rows]
+    assert len(guids) == len(set(guids)) and before <= set(guids)
+
+
 async def test_cdr_reaches_back_to_calls_that_began_before_the_cursor(sim: Simulator) -> None:
     """A call that began 50 minutes before the cursor and just ended is listed (calldatei filters by start)."""
     since = datetime.now(timezone.utc) - timedelta(seconds=30)
