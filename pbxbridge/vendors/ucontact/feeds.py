@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -50,10 +50,11 @@ class CdrEntry:
     record: CdrRecord
     zone: ZoneInfo
     raw: dict[str, Any]
+    fold: int = 0  # 1: calldate is the second pass of a local hour repeated at a DST fall-back
 
     @property
     def began(self) -> datetime:
-        return datetime.strptime(self.record.calldate, SERVER_TIME).replace(tzinfo=self.zone)
+        return datetime.strptime(self.record.calldate, SERVER_TIME).replace(tzinfo=self.zone, fold=self.fold)
 
     @property
     def ended(self) -> datetime:
@@ -69,7 +70,8 @@ class CdrEntry:
 
 async def fetch_cdr(client: VendorClient, window: FetchWindow) -> list[dict[str, Any]]:
     """Every row of the calls begun since ``longest_call`` before the window, 50 at a time,
-    each as ``{"timezone": <the server's zone>, "row": <the row as sent>}``.
+    each as ``{"timezone": <the server's zone>, "row": <the row as sent>}`` (and ``"fold"``, see
+    ``settle_folds``).
 
     Offsets shift when rows are written between two requests: a row listed twice is kept once
     (by GUID), and paging goes on to a short page, so none is skipped."""
@@ -89,12 +91,37 @@ async def fetch_cdr(client: VendorClient, window: FetchWindow) -> list[dict[str,
             guid = row.get("guid") if isinstance(row, dict) else None
             rows[guid or ("no guid", len(rows))] = {"timezone": zone.key, "row": row}  # no GUID: parse refuses it
         if len(page) < PAGE:
-            return list(rows.values())
+            return settle_folds(list(rows.values()))
         lastrow += PAGE
 
 
+def settle_folds(rows: list[dict[str, Any]], slack: float = 120.0) -> list[dict[str, Any]]:
+    """Mark the calls that began in the second pass of a repeated local hour (``"fold": 1``).
+
+    Rows are written as calls end: a call whose end, read with the first pass, lands more than
+    ``slack`` seconds before a call listed earlier began in the second pass. Its start *and*
+    end are then right in the event, not only the poller's stamp."""
+    latest = None
+    for wrapped in rows:
+        try:
+            entry = parse_cdr(wrapped)
+        except (ValueError, KeyError, TypeError):
+            continue  # refused by the poller's own parse, with the reason
+        end = entry.ended.timestamp()
+        if latest is not None and end < latest - slack and is_repeated(entry.began):
+            wrapped["fold"] = 1
+            end = replace(entry, fold=1).ended.timestamp()
+        latest = end if latest is None else max(latest, end)
+    return rows
+
+
+def is_repeated(when: datetime) -> bool:
+    """A local time that happens twice (the hour before a fall-back)."""
+    return when.utcoffset() != when.replace(fold=1 - when.fold).utcoffset()
+
+
 def parse_cdr(raw: dict[str, Any]) -> CdrEntry:
-    entry = CdrEntry(CdrRecord.model_validate(raw["row"]), ZoneInfo(raw["timezone"]), raw["row"])
+    entry = CdrEntry(CdrRecord.model_validate(raw["row"]), ZoneInfo(raw["timezone"]), raw["row"], raw.get("fold", 0))
     word = entry.record.disposition
     if word and word.upper() not in DISPOSITIONS:
         # An outcome the feed does not know is refused (dead-lettered by the poller), never guessed.
@@ -107,7 +134,7 @@ def cdr_key(entry: CdrEntry) -> str:
 
 
 def cdr_time(entry: CdrEntry) -> datetime:
-    return entry.ended  # fold=0 in a repeated hour: the poller settles it from the rows' order
+    return entry.ended  # its fold settled by fetch (settle_folds), from the listing's order
 
 
 def cdr_event(entry: CdrEntry, account: Account) -> dict[str, Any]:
