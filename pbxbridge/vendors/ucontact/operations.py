@@ -1,4 +1,4 @@
-"""uContact "Integra" API (``shared/seeds/001_...``, Spanish), declared once.
+"""uContact "Integra" API (the uContact document, Spanish), declared once.
 
 Every endpoint is a form-encoded POST under ``Integra/resources/``; JSON-object parameters
 (``black``, ``callspool``, ``callschedule``, ``call``, ``filter``) travel as JSON text inside
