@@ -162,9 +162,11 @@ def test_unknown_outcome_word_is_refused_not_guessed() -> None:
         parse_cdr({"timezone": "UTC", "row": {"guid": "g", "calldate": "2026-11-30 10:00:00", "disposition": "RARO"}})
 
 
-def config_for(settings: Settings, sim: Simulator, **options: object) -> Config:
-    return Config(settings=settings, accounts=[sim.account("acme", **{"poll_interval": 0.2, "phone_region": "UY",
-                                                                      **options})])
+def config_for(settings: Settings, sim: Simulator, *feeds: str) -> Config:
+    """The simulator's account polling ``feeds`` five times a second."""
+    fast = {name: 0.2 for name in feeds}
+    return Config(settings=settings, accounts=[sim.account("acme", poll_interval=0.2, phone_region="UY",
+                                                           feeds=list(feeds), feed_intervals=fast)])
 
 
 async def call_events(bus: Bus) -> list[dict]:
@@ -178,7 +180,7 @@ async def tick(sim: Simulator) -> None:
 
 async def test_ended_calls_become_call_ended_events(settings: Settings, bus: Bus, sim: Simulator) -> None:
     """Calls the simulator ends (a /_sim/tick, and a long call written late) each become one call.ended."""
-    async with running_poller(config_for(settings, sim, feeds=["cdr"]), bus):
+    async with running_poller(config_for(settings, sim, "cdr"), bus):
         await tick(sim)
         await wait_for(lambda: _count(bus, 1), what="the ticked call")
         began = sim.now() - timedelta(minutes=45)
@@ -304,3 +306,49 @@ async def test_calls_begun_in_the_repeated_hour_keep_their_real_times() -> None:
         data = CDR.build(entries[guid], sim.account())
         assert data["started_at"] == datetime(2026, 10, 25, 1, minute, tzinfo=timezone.utc)
         assert CDR.time(entries[guid]).astimezone(timezone.utc) == datetime(2026, 10, 25, 1, minute + 5, tzinfo=timezone.utc)
+
+
+# ---- state feeds, end to end through a running poller ---------------------------------------
+
+async def events_of(bus: Bus, event: str) -> list[dict]:
+    return [m.data for m in await read_all(bus, bus.subjects.event("ucontact", "acme", event))]
+
+
+async def wait_events(bus: Bus, event: str, n: int, what: str) -> list[dict]:
+    async def enough() -> list[dict] | None:
+        found = await events_of(bus, event)
+        return found if len(found) >= n else None
+
+    return await wait_for(enough, what=what)
+
+
+async def test_agent_changes_become_agent_status_events(settings: Settings, bus: Bus, sim: Simulator) -> None:
+    """Every agent appears once; a pause, then leaving the campaign, are one event each, in sequence."""
+    async with running_poller(config_for(settings, sim, "agents"), bus):
+        appeared = await wait_events(bus, "agent.status.changed", len(sim.agents), "every agent")
+        sim.agents["SIP/1001"].update(paused=True, pausedreason="[Almuerzo]")
+        await wait_events(bus, "agent.status.changed", len(sim.agents) + 1, "the pause")
+        del sim.agents["SIP/1001"]
+        events = await wait_events(bus, "agent.status.changed", len(sim.agents) + 3, "the departure")
+    assert {e["change"] for e in appeared} == {"appeared"}
+    santiago = [e for e in events if e["agent"] == "Santiago"]
+    assert [(e["change"], e["status"], e["reason"], e["sequence"]) for e in santiago] == [
+        ("appeared", "available", None, 1), ("changed", "paused", "Almuerzo", 2), ("disappeared", "offline", None, 3)]
+    assert santiago[1]["vendor_status"] == "NOT_INUSE" and santiago[1]["queue"] == "test->"
+
+
+async def test_queues_and_campaigns_follow_the_simulator(settings: Settings, bus: Bus, sim: Simulator) -> None:
+    """A caller joining a queue is one queue.status.changed; a call ending is one campaign.status.changed."""
+    async with running_poller(config_for(settings, sim, "queues", "campaigns"), bus):
+        await wait_events(bus, "queue.status.changed", len(sim.campaigns), "every queue")
+        await wait_events(bus, "campaign.status.changed", len(sim.campaigns), "every campaign")
+        sim.waiting["Power<-"].append(sim.now() - timedelta(seconds=40))
+        queues = await wait_events(bus, "queue.status.changed", len(sim.campaigns) + 1, "the waiting caller")
+        sim.add_recorded_call(campaign="Ventas->")
+        sim.campaigns["Ventas->"]["totalcalls"] += 1
+        campaigns = await wait_events(bus, "campaign.status.changed", len(sim.campaigns) + 1, "the ended call")
+    power = queues[-1]
+    assert (power["queue"], power["change"], power["waiting"]) == ("Power<-", "changed", 1)
+    assert power["longest_wait_seconds"] >= 40
+    ventas = campaigns[-1]
+    assert (ventas["campaign"], ventas["direction"], ventas["counters"]["totalcalls"]) == ("Ventas->", "outbound", 1)

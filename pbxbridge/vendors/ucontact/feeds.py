@@ -168,6 +168,7 @@ CDR = Feed(
     key=cdr_key,
     time=cdr_time,
     build=cdr_event,
+    interval=10.0,  # each poll pages through the last longest_call seconds of calls
     operations=("getrecords",),
     # The row has one time and one length: nothing says when the call was answered.
     unavailable=("answered_at", "billable_seconds"),
