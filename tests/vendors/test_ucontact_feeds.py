@@ -332,8 +332,9 @@ async def test_agent_changes_become_agent_status_events(settings: Settings, bus:
         events = await wait_events(bus, "agent.status.changed", len(sim.agents) + 3, "the departure")
     assert {e["change"] for e in appeared} == {"appeared"}
     santiago = [e for e in events if e["agent"] == "Santiago"]
-    assert [(e["change"], e["status"], e["reason"], e["sequence"]) for e in santiago] == [
-        ("appeared", "available", None, 1), ("changed", "paused", "Almuerzo", 2), ("disappeared", "offline", None, 3)]
+    assert [(e["change"], e["status"], e["reason"]) for e in santiago] == [
+        ("appeared", "available", None), ("changed", "paused", "Almuerzo"), ("disappeared", "offline", None)]
+    assert [e["sequence"] for e in santiago] == sorted({e["sequence"] for e in santiago})
     assert santiago[1]["vendor_status"] == "NOT_INUSE" and santiago[1]["queue"] == "test->"
 
 
