@@ -339,12 +339,16 @@ async def test_agent_changes_become_agent_status_events(settings: Settings, bus:
 
 
 async def test_queues_and_campaigns_follow_the_simulator(settings: Settings, bus: Bus, sim: Simulator) -> None:
-    """A caller joining a queue is one queue.status.changed; a call ending is one campaign.status.changed."""
+    """A caller joining a queue is one queue.status.changed (not one per poll while the wait grows);
+    a call ending is one campaign.status.changed."""
     async with running_poller(config_for(settings, sim, "queues", "campaigns"), bus):
         await wait_events(bus, "queue.status.changed", len(sim.campaigns), "every queue")
         await wait_events(bus, "campaign.status.changed", len(sim.campaigns), "every campaign")
         sim.waiting["Power<-"].append(sim.now() - timedelta(seconds=40))
+        polls = len(sim.requests)
         queues = await wait_events(bus, "queue.status.changed", len(sim.campaigns) + 1, "the waiting caller")
+        await wait_for(lambda: len(sim.requests) > polls + 12, what="more polls while the caller waits")
+        assert len(await events_of(bus, "queue.status.changed")) == len(queues)
         sim.add_recorded_call(campaign="Ventas->")
         sim.campaigns["Ventas->"]["totalcalls"] += 1
         campaigns = await wait_events(bus, "campaign.status.changed", len(sim.campaigns) + 1, "the ended call")

@@ -177,7 +177,9 @@ CDR = Feed(
 
 # ---- queuesummary -> queue.status.changed ---------------------------------------------------
 
-QUEUE_NUMBERS = ("loggedIn", "available", "callers", "holdTime", "talkTime", "longestHoldTime")
+# What makes news: agents and callers. The longest wait grows every second someone waits, and
+# holdTime/talkTime are averages: reported with each change (from the original), not changes.
+QUEUE_NUMBERS = ("loggedIn", "available", "callers")
 
 
 async def fetch_queues(client: VendorClient, account: Account) -> list[Observation]:
@@ -192,7 +194,7 @@ def queue_event(change: EntityChange, account: Account) -> tuple[type[QueueStatu
     return QueueStatusChanged, {
         "queue": change.entity,
         "waiting": state.get("callers"),
-        "longest_wait_seconds": state.get("longestHoldTime"),
+        "longest_wait_seconds": (change.original or {}).get("longestHoldTime"),
         # loggedIn counts agents in every state: only the available ones are told apart.
         "agents": {"available": state["available"]} if "available" in state else {},
         "original": change.original,
