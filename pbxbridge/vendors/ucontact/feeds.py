@@ -59,8 +59,8 @@ class CdrEntry:
     @property
     def ended(self) -> datetime:
         # Added in UTC: a call across a DST change lasts its real duration.
-        began = self.began.astimezone(timezone.utc) + timedelta(seconds=self.record.duration or 0)
-        return began.astimezone(self.zone)
+        end = self.began.astimezone(timezone.utc) + timedelta(seconds=self.record.duration or 0)
+        return end.astimezone(self.zone)
 
     @property
     def disposition(self) -> str:
