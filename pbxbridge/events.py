@@ -77,10 +77,12 @@ Change = Literal["appeared", "changed", "disappeared"]
 
 
 class RecordingRef(BaseModel):
-    """How to fetch a call's recording: send ``recording.fetch`` with this ``call_id``."""
+    """How to fetch a call's recording: send ``recording.fetch`` with this ``call_id`` (and ``call_date``)."""
 
     call_id: str
     url: str | None = Field(None, description="where the vendor serves it, when it says")
+    call_date: AwareDatetime | None = Field(
+        None, description="for recording.fetch's call_date, when the vendor files recordings by date")
 
 
 class CallData(EventData):
