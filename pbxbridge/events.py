@@ -81,6 +81,9 @@ class RecordingRef(BaseModel):
 
     call_id: str
     url: str | None = Field(None, description="where the vendor serves it, when it says")
+    extension: str | None = Field(
+        None, description="the extension whose permission fetches it, when the vendor checks one (SWAN): pass it to recording.fetch"
+    )
 
 
 class CallData(EventData):
@@ -152,6 +155,8 @@ class QueueStatusChanged(StateChangeData):
     longest_wait_seconds: float | None = None
     agents: dict[AgentStatus, int] = Field(default_factory=dict, description="agents by normalised status")
     entries: list[dict[str, Any]] | None = Field(None, description="the waiting callers, when the vendor lists them")
+    members: list[str] | None = Field(None, description="agents logged on the queue, when the vendor lists them")
+    counters: dict[str, float] = Field(default_factory=dict, description="statistics the vendor reports, by its own name")
 
 
 class CampaignStatusChanged(StateChangeData):
