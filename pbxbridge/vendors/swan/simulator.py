@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import itertools
-import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +25,7 @@ _DESCRIPTIONS = {"available": "Disponible", "unavailable": "No disponible", "bus
 class SwanSimulator(SimulatorBase):
     vendor = VENDOR
     base_path = "/"
-    processing_seconds = 2.0  # a recording stays "processing" this long after its call ends
+    processing_seconds = 2.0  # a recording stays "processing" this long after its call ends (PBX clock: see advance)
 
     def __init__(self, *, api_key: str = API_KEY, **kwargs: Any) -> None:
         self.api_key = api_key
@@ -34,6 +33,7 @@ class SwanSimulator(SimulatorBase):
 
     def seed_state(self) -> None:
         self._seq = itertools.count(1)
+        self.clock_offset = timedelta(0)  # ``advance`` moves the PBX's clock: calls age without waiting
         self.users = {
             ext: {"extension": ext, "id": str(i), "name": name, "status": "available", "description": "Disponible",
                   "mobile": f"3460000{ext}", "department": dept, "mac": f"00:15:65:aa:bb:{i:02d}", "registered": True}
@@ -65,6 +65,13 @@ class SwanSimulator(SimulatorBase):
 
     # ---- activity ---------------------------------------------------------------------
 
+    def now(self) -> datetime:
+        return datetime.now(DEFAULT_ZONE) + self.clock_offset
+
+    def advance(self, seconds: float) -> None:
+        """The PBX's clock moves on: calls in progress last longer."""
+        self.clock_offset += timedelta(seconds=seconds)
+
     @staticmethod
     def _calldate(when: datetime) -> str:
         return when.astimezone(DEFAULT_ZONE).strftime("%Y-%m-%d %H:%M:%S")
@@ -77,7 +84,7 @@ class SwanSimulator(SimulatorBase):
         """A call of ``extension`` in progress: listed by current-calls until ``end_call``."""
         call_id = call_id or self._call_id()
         self.current.setdefault(extension, []).append({
-            "uniqueid": call_id, "started": datetime.now(DEFAULT_ZONE), "number": number or self.random.choice(NUMBERS),
+            "uniqueid": call_id, "started": self.now(), "number": number or self.random.choice(NUMBERS),
             "direction": direction or self.random.choice(["incoming", "outgoing"]),
         })
         return call_id
@@ -97,7 +104,7 @@ class SwanSimulator(SimulatorBase):
                  when: datetime | None = None) -> str:
         """A finished call of ``extension`` with a recording, ``processing`` until it is ready."""
         call_id = call_id or self._call_id()
-        self._finish(extension, call_id, when or datetime.now(DEFAULT_ZONE), self.random.choice(NUMBERS),
+        self._finish(extension, call_id, when or self.now(), self.random.choice(NUMBERS),
                      self.random.choice(["incoming", "outgoing"]), int(seconds), ready=ready)
         return call_id
 
@@ -105,12 +112,11 @@ class SwanSimulator(SimulatorBase):
                 *, ready: bool = False) -> None:
         self.calls.append({"uniqueid": call_id, "calldate": self._calldate(started), "duration": int(seconds),
                            "number": number, "direction": direction, "extension": extension})
-        ready_at = 0.0 if ready else time.monotonic() + self.processing_seconds
+        ready_at = 0.0 if ready else self.now().timestamp() + self.processing_seconds
         self.recordings[call_id] = {"ready_at": ready_at, "seconds": max(1.0, float(seconds)), "parties": {extension}}
 
-    @staticmethod
-    def _elapsed(call: dict[str, Any]) -> int:
-        return int((datetime.now(DEFAULT_ZONE) - call["started"]).total_seconds())
+    def _elapsed(self, call: dict[str, Any]) -> int:
+        return int((self.now() - call["started"]).total_seconds())
 
     def finish_processing(self) -> None:
         for rec in self.recordings.values():
@@ -153,7 +159,7 @@ class SwanSimulator(SimulatorBase):
         if request.headers.get("X-API-Key") != self.api_key:
             return web.json_response({"error": True, "error-msg": "unauthorized", "result": None}, status=401)
         rec = self.recordings.get(request.match_info["call_id"])
-        if rec is None or rec["ready_at"] > time.monotonic():
+        if rec is None or rec["ready_at"] > self.now().timestamp():
             return web.Response(status=404, text="no such recording")
         return web.Response(body=synth(rec["seconds"], "mp3"), content_type="audio/mpeg")
 
@@ -261,8 +267,9 @@ class SwanSimulator(SimulatorBase):
 
     def listLastCalls(self, req: ops.LastCallsQuery) -> list:
         self._user(req.extension)
+        oldest = self._calldate(self.now() - timedelta(hours=req.hours or 24))  # same format: compares as text
         return [{k: c[k] for k in ("uniqueid", "calldate", "duration", "number", "direction")}
-                for c in reversed(self.calls) if c["extension"] == req.extension]
+                for c in reversed(self.calls) if c["extension"] == req.extension and c["calldate"] >= oldest]
 
     def listCurrentCalls(self, req: ops.Extension) -> list:
         self._user(req.extension)
@@ -274,7 +281,7 @@ class SwanSimulator(SimulatorBase):
         rec = self.recordings.get(req.callID)
         if rec is None:
             raise SimError(f"call {req.callID} not found")
-        if rec["ready_at"] > time.monotonic():
+        if rec["ready_at"] > self.now().timestamp():
             return {"processing": True}
         url = f"{self.url}recordings/{req.callID}.mp3"
         return {"processing": False, "path": url} if req.extension in rec["parties"] else {"processing": False, "link": url}
