@@ -112,16 +112,17 @@ async def _stored(bus: Bus, subject: str, n: int) -> bool:
     return (info.state.subjects or {}).get(subject, 0) >= n
 
 
-async def test_dst_fall_back_is_settled_per_extension_before_merging(sim: Simulator, client: Client) -> None:
-    """At the Madrid fall-back, 200's 02:20 after its 02:40 is the second pass, and sorts after 201's 02:30."""
+async def test_dst_fall_back_is_settled_per_extension_then_merged_newest_first(sim: Simulator, client: Client) -> None:
+    """At the Madrid fall-back each extension's second pass (a local time going back) is an hour
+    later in UTC, and the extensions' calls are merged in UTC order."""
     sim.calls.clear()
-    sim.add_call("200", call_id="first", when=datetime(2026, 10, 25, 2, 40, tzinfo=DEFAULT_ZONE))
-    sim.add_call("201", call_id="other", when=datetime(2026, 10, 25, 2, 30, tzinfo=DEFAULT_ZONE))
-    sim.add_call("200", call_id="second", when=datetime(2026, 10, 25, 2, 20, fold=1, tzinfo=DEFAULT_ZONE))
+    for extension, call_id, hour, minute, fold in [("200", "a1", 2, 40, 0), ("201", "b1", 2, 50, 0),
+                                                    ("200", "a2", 2, 20, 1), ("201", "b2", 2, 30, 1)]:
+        sim.add_call(extension, call_id=call_id, when=datetime(2026, 10, 25, hour, minute, fold=fold, tzinfo=DEFAULT_ZONE))
     sim.advance(-(sim.now() - datetime(2026, 10, 25, 4, 0, tzinfo=DEFAULT_ZONE)).total_seconds())  # that night
     rows = [LAST_CALLS.parse(r) for r in await fetch_last_calls(client, FetchWindow(datetime(2026, 10, 24, tzinfo=timezone.utc), 1000))]
     assert [(r.record.uniqueid, r.started.strftime("%H:%M")) for r in rows] == [
-        ("second", "01:20"), ("first", "00:40"), ("other", "00:30")]  # UTC, newest first
+        ("b2", "01:30"), ("a2", "01:20"), ("b1", "00:50"), ("a1", "00:40")]  # UTC, newest first
 
 
 async def test_timezone_option_reads_calldates_in_the_pbx_zone(sim: Simulator) -> None:
