@@ -1,5 +1,11 @@
 """A SWAN v2 simulator: users and their status, queues, calls whose recordings are
-``processing`` at first and real MP3 later, agendas, terminals, company numbers."""
+``processing`` at first and real MP3 later, agendas, terminals, company numbers.
+
+It lives on its own: every ``activity_interval`` seconds (or at ``POST /_sim/tick``) calls end
+(into last-calls, recording processing) and start (current-calls), a user changes status, queues
+fill and drain, and a terminal may register or unregister (which logs its user on or off the
+queues). The PBX clock is the wall clock plus ``clock_offset``: ``advance`` ages calls in progress
+and readies recordings without waiting."""
 
 from __future__ import annotations
 
