@@ -68,9 +68,9 @@ def event(feed: StateFeed, change: EntityChange, account: Account) -> EventData 
     if built is None:
         return None
     kind, fields = built
-    runner = {"change": change.change, "sequence": change.sequence} if issubclass(kind, StateChangeData) else {}
     return kind.model_validate({"vendor": "swan", "account": account.id, "key": change.entity,
-                                "occurred_at": datetime.now(timezone.utc), **runner, **fields})
+                                "occurred_at": datetime.now(timezone.utc), "change": change.change,
+                                "sequence": change.sequence, **fields})
 
 
 def appeared(observations: dict[str, Observation]) -> list[EntityChange]:
@@ -228,7 +228,7 @@ async def test_already_registered_error_reads_as_registered(sim: Simulator, clie
 
 # ---- the catalogue: what each feed declares it fills, and cannot --------------------------------
 
-_BASE = set(StateChangeData.model_fields)
+_BASE = set(StateChangeData.model_fields)  # vendor, account, key, time, original, change, sequence
 _SOMETIMES = {"reason"}  # SWAN gives a reason for a pause only
 
 
@@ -281,3 +281,31 @@ async def test_simulator_tick_makes_every_kind_of_news(sim: Simulator, client: C
     sim.advance(60 + sim.processing_seconds)
     assert (await client.call("getRecording", newest)).path
     assert Simulator.activity_interval <= 5
+
+
+# ---- the state feeds through the real poller (state runner) and nats-server ---------------------
+
+async def _published(bus: Bus, event: str) -> list[dict[str, Any]]:
+    return [m.data for m in await read_all(bus, bus.subjects.event("swan", "acme", event))]
+
+
+async def test_state_feeds_publish_through_the_poller(settings: Settings, bus: Bus, sim: Simulator) -> None:
+    """First look: every agent, queue group, web-phone and call in progress; then a call ends, an
+    agent pauses and a terminal unregisters, each one event."""
+    account = sim.account("acme", poll_interval=0.2, phone_region="ES", rate_per_second=1000,
+                          feeds=["current-calls", "user-status", "queues-status", "web-phones"])
+    async with running_poller(Config(settings=settings, accounts=[account]), bus):
+        first = {"agent.status.changed": 3, "queue.status.changed": 2, "registration.changed": 3, "call.started": 1}
+        for name, n in first.items():
+            await wait_for(lambda: _stored(bus, bus.subjects.event("swan", "acme", name), n), what=f"{n} {name}")
+        sim.end_call("1700000009.1")
+        sim.users["200"].update(status="pause", description="Descanso")
+        sim.users["202"]["registered"] = False
+        for name, n in {"call.ended": 1, "agent.status.changed": 4, "registration.changed": 4}.items():
+            await wait_for(lambda: _stored(bus, bus.subjects.event("swan", "acme", name), n), what=f"{n} {name}")
+    ended = (await _published(bus, "call.ended"))[0]
+    assert (ended["call_id"], ended["agent"], ended["recording"]["extension"]) == ("1700000009.1", "201", "201")
+    paused = (await _published(bus, "agent.status.changed"))[-1]
+    assert (paused["agent"], paused["status"], paused["reason"], paused["change"]) == ("200", "paused", "Descanso", "changed")
+    gone = (await _published(bus, "registration.changed"))[-1]
+    assert (gone["extension"], gone["registered"], gone["change"]) == ("202", False, "changed")
