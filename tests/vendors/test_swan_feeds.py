@@ -259,27 +259,30 @@ async def test_feed_fills_every_catalogue_field_but_those_it_declares_unavailabl
 # ---- the simulator lives ---------------------------------------------------------------------
 
 async def test_simulator_tick_makes_every_kind_of_news(sim: Simulator, client: Client) -> None:
-    """``POST /_sim/tick`` rounds: calls start and end (recordings processing), statuses, queues and
-    registrations change; the background tick is a few seconds apart."""
+    """``POST /_sim/tick`` rounds: calls start and end (recordings processing, then ready),
+    statuses, queues and registrations change; the background tick is a few seconds apart."""
     feeds = (CURRENT_CALLS, USER_STATUS, QUEUES, REGISTRATIONS)
     looks = {f.name: await look(f, client) for f in feeds}
     kinds: set[tuple[str, str]] = set()
-    calls_before = len(sim.calls)
+    fresh_recordings = []  # whether each call's audio was still processing right after it ended
     async with httpx.AsyncClient(base_url=sim.url) as http:
         for _ in range(12):
+            ended_before = len(sim.calls)
+            sim.advance(Simulator.activity_interval)  # the time between two background ticks
             assert (await http.post("_sim/tick")).status_code == 200
+            for call in sim.calls[ended_before:]:
+                where = await client.call("getRecording", {"callID": call["uniqueid"], "extension": call["extension"]})
+                fresh_recordings.append(where.processing)
             for f in feeds:
                 now = await look(f, client)
                 kinds |= {(f.name, c.change) for c in changes(looks[f.name], now)}
                 looks[f.name] = now
     assert {("current-calls", "appeared"), ("current-calls", "disappeared"), ("user-status", "changed"),
             ("queues-status", "changed"), ("web-phones", "changed")} <= kinds
-    assert len(sim.calls) > calls_before
-    newest = {"callID": sim.calls[-1]["uniqueid"], "extension": sim.calls[-1]["extension"]}
-    sim.advance(-60)  # back to just after that call ended: its audio is not ready yet
-    assert (await client.call("getRecording", newest)).processing
-    sim.advance(60 + sim.processing_seconds)
-    assert (await client.call("getRecording", newest)).path
+    assert fresh_recordings and all(fresh_recordings)
+    sim.advance(sim.processing_seconds)
+    newest = sim.calls[-1]
+    assert (await client.call("getRecording", {"callID": newest["uniqueid"], "extension": newest["extension"]})).path
     assert Simulator.activity_interval <= 5
 
 

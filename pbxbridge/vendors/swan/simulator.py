@@ -134,8 +134,8 @@ class SwanSimulator(SimulatorBase):
         pick = self.random
         for extension, calls in list(self.current.items()):
             for call in list(calls):
-                if pick.random() < 0.5:
-                    self.end_call(call["uniqueid"], duration=max(self._elapsed(call), pick.randint(3, 90)))
+                if self._elapsed(call) >= 3 and pick.random() < 0.5:  # a call lasts a few seconds at least
+                    self.end_call(call["uniqueid"])
         if sum(map(len, self.current.values())) < 2:
             self.start_call(pick.choice(list(self.users)))
         user = self.users[pick.choice(list(self.users))]
