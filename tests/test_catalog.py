@@ -85,5 +85,5 @@ def test_events_table_shows_what_a_feed_declares(monkeypatch: pytest.MonkeyPatch
                        operations=("GetQueueRealTime",), unavailable=("longest_wait_seconds",))
     monkeypatch.setattr(catalog, "feeds_of", lambda vendor: [queues] if vendor == "yemot" else [])
     row = next(line for line in catalog.events_markdown().splitlines() if line.startswith("| `queue.status.changed` | `queues`"))
-    assert row == ("| `queue.status.changed` | `queues` | state | `GetQueueRealTime` | `queue`, `waiting`, `agents`, `entries` "
+    assert row == ("| `queue.status.changed` | `queues` | state | `GetQueueRealTime` | `queue`, `waiting`, `agents`, `entries`, `members`, `counters` "
                    "| `longest_wait_seconds` |")
