@@ -21,7 +21,7 @@ from pbxbridge.config import Account, Config, Settings  # noqa: E402
 from pbxbridge.events import EventData, StateChangeData  # noqa: E402
 from pbxbridge.feeds import EntityChange, FetchWindow, Observation, StateFeed  # noqa: E402
 from pbxbridge.recordings import RecordingNotReady  # noqa: E402
-from pbxbridge.vendors.errors import VendorNotFound, VendorPermanentError  # noqa: E402
+from pbxbridge.vendors.errors import MalformedReplyError, VendorNotFound, VendorPermanentError  # noqa: E402
 from pbxbridge.vendors.swan import Client, Simulator  # noqa: E402
 from pbxbridge.vendors.swan.feeds import (  # noqa: E402
     CURRENT_CALLS, FEEDS, LAST_CALLS, QUEUES, REGISTRATIONS, USER_STATUS, fetch_last_calls,
@@ -163,6 +163,15 @@ async def test_configured_extensions_are_the_only_ones_asked(sim: Simulator) -> 
     async with Client(sim.account("acme", company=None)) as client:
         with pytest.raises(VendorPermanentError, match="company"):
             await look(CURRENT_CALLS, client)
+
+
+async def test_current_call_with_an_undocumented_calldate_is_a_malformed_look(sim: Simulator, client: Client,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only yyyy-mm-dd hh:mm:ss is documented: anything else refuses the whole look, not one call."""
+    row = {"uniqueid": "1.1", "calldate": "2026-11-30T10:00:00", "duration": 5, "number": "34600111222", "direction": "incoming"}
+    monkeypatch.setattr(sim, "listCurrentCalls", lambda req: [row])
+    with pytest.raises(MalformedReplyError, match="calldate"):
+        await look(CURRENT_CALLS, client)
 
 
 # ---- user status ---------------------------------------------------------------------------

@@ -201,13 +201,15 @@ LAST_CALLS = Feed(
 # ---- current calls: appeared -> call.started, disappeared -> call.ended ------------------
 
 async def fetch_current_calls(client: VendorClient, account: Account) -> list[Observation]:
-    seen = []
+    seen, zone = [], zone_of(account)
     for extension in await watched_extensions(client):
         for row in await _records(client, "listCurrentCalls", {"extension": extension}):
             try:
                 record = CallRecord.model_validate(row)
             except ValidationError as exc:
                 raise _malformed("listCurrentCalls", f"a call record is malformed: {exc.errors()[0]['msg']}", row) from None
+            if _local(row["calldate"], zone) is None:  # the model also takes ISO text: only the documented form
+                raise _malformed("listCurrentCalls", "calldate is not yyyy-mm-dd hh:mm:ss", row)
             # The duration grows at every look: it is not news, only the call's presence is.
             state = {"number": record.number, "direction": record.direction, "calldate": row["calldate"]}
             seen.append(Observation(f"{extension}:{record.uniqueid}", state, row))
