@@ -44,7 +44,7 @@ from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import MalformedReplyError, VendorPermanentError
 from pbxbridge.vendors.swan.operations import BlfUser, CallRecord, QueueGroupStatus, WebPhoneUsername
 
-CALDATE = "%Y-%m-%d %H:%M:%S"
+CALLDATE = "%Y-%m-%d %H:%M:%S"
 # The vendor's status word -> the catalogue's. "ringing": the user's phone is taken by a call.
 AGENT_STATUS = {"available": "available", "unavailable": "offline", "busy": "busy", "ringing": "on_call", "pause": "paused"}
 # Catalogue call fields no SWAN call operation gives (a call record is id, start, duration, number, direction).
@@ -97,7 +97,7 @@ async def watched_extensions(client: VendorClient) -> list[str]:
 
 def _local(calldate: Any, zone: ZoneInfo) -> datetime | None:
     try:
-        return datetime.strptime(calldate, CALDATE).replace(tzinfo=zone)
+        return datetime.strptime(calldate, CALLDATE).replace(tzinfo=zone)
     except (TypeError, ValueError):
         return None  # the record is refused when parsed, with the reason
 
