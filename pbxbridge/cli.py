@@ -372,11 +372,15 @@ def schemas(out: Annotated[Path, typer.Option(help="folder to write into")] = Pa
 
 
 @app.command()
-def docs(out: Annotated[Path, typer.Option(help="file to write")] = Path("docs/operations.md")) -> None:
-    """Write the operation coverage table."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(catalog.coverage_markdown())
-    typer.echo(f"wrote {out}")
+def docs(
+    out: Annotated[Path, typer.Option(help="operation coverage file to write")] = Path("docs/operations.md"),
+    events: Annotated[Path, typer.Option(help="vendor × event table to write")] = Path("docs/events.md"),
+) -> None:
+    """Write the operation coverage table and the vendor × event table."""
+    for path, text in ((out, catalog.coverage_markdown()), (events, catalog.events_markdown())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:
