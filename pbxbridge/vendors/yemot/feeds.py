@@ -84,8 +84,8 @@ SMS = Feed(
 # ---- state feeds -----------------------------------------------------------------------------
 
 def _listed(account: Account, option: str) -> list[str]:
-    """A list option of the account (``ACCOUNT_OPTIONS``); empty when not set."""
-    return list(account.options.model_extra.get(option) or [])
+    """A list option of the account (``ACCOUNT_OPTIONS``), each name once; empty when not set."""
+    return list(dict.fromkeys(account.options.model_extra.get(option) or []))
 
 
 # Queues. Yemot's queues are Asterisk queues: a member's ``Status`` is Asterisk's device state
