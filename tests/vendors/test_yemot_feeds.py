@@ -3,18 +3,25 @@ are news, and the events built from them, checked against the catalogue's models
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from pbxbridge.config import Account, vendor_options_model
+from pbxbridge.bus import Bus
+from pbxbridge.config import Account, Config, Settings, vendor_options_model
+from pbxbridge.events import AgentStatusChanged, IvrFolderChanged, QueueStatusChanged, RegistrationChanged
 from pbxbridge.feeds import EntityChange, Observation, StateFeed
 from pbxbridge.vendors.errors import VendorPermanentError
 from pbxbridge.vendors.yemot import Client, Simulator
 from pbxbridge.vendors.yemot.feeds import IVR_FOLDERS, QUEUES, REGISTRATIONS
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "services"))  # the poller's test helpers
+from helpers_poller import count, read_all, running_poller, wait_for  # noqa: E402
 
 QUEUE = "ivr2:/5"
 
@@ -170,3 +177,54 @@ def test_account_options_name_queues_and_folders() -> None:
     """An account file may list queues and folders to watch; the feeds read them."""
     options = vendor_options_model("yemot").model_validate({"queues": [QUEUE], "folders": ["/", "1"]})
     assert (options.queues, options.folders) == ([QUEUE], ["/", "1"])
+
+
+# ---- end to end: a running poller, events on the stream ----------------------------------------
+
+STATE_EVENTS = (QueueStatusChanged, AgentStatusChanged, RegistrationChanged, IvrFolderChanged)
+
+
+async def stored(bus: Bus) -> dict[str, list[Any]]:
+    """The data of every state event on the stream, by event name, in stream order."""
+    return {e.event: [m.data for m in await read_all(bus, bus.subjects.event("yemot", "acme", e.event))]
+            for e in STATE_EVENTS}
+
+
+async def counts(bus: Bus) -> dict[str, int]:
+    return {e.event: await count(bus, bus.subjects.event("yemot", "acme", e.event)) for e in STATE_EVENTS}
+
+
+def poller_config(settings: Settings, sim: Simulator) -> Config:
+    account = sim.account("acme", phone_region="IL", poll_interval=0.1, rate_per_second=1000)
+    return Config(settings=settings, accounts=[account])
+
+
+async def test_poller_announces_every_entity_then_each_tick_changes(settings: Settings, bus: Bus, sim: Simulator) -> None:
+    """First look: every queue, member, SIP account and folder appears; a sim tick then brings a
+    'changed' event of each type, and a member paused through the simulator arrives as paused."""
+    async with running_poller(poller_config(settings, sim), bus):
+        first = {"queue.status.changed": 1, "agent.status.changed": 3, "registration.changed": 2, "ivr.folder.changed": 3}
+        await wait_for(lambda: _reached(bus, first), what="every entity's first event")
+        async with httpx.AsyncClient(base_url=sim.url.split("/ym/")[0]) as http:
+            (await http.post("/_sim/tick")).raise_for_status()
+        await wait_for(lambda: _reached(bus, {name: n + 1 for name, n in first.items()}), what="one change of each type")
+        member = sim.queues[QUEUE]["members"]["101"]
+        member.update(Status="1", Paused=not member["Paused"])  # whatever the tick did, this is a change
+        await wait_for(lambda: _member_event_count(bus, "101", 3), what="agent 101's next change")
+    events = await stored(bus)
+    assert all(e["change"] == "appeared" for name, n in first.items() for e in events[name][:n])
+    assert all(any(e["change"] == "changed" for e in events[name]) for name in first)
+    last_101 = [e for e in events["agent.status.changed"] if e["agent"] == "101"][-1]
+    expected = "paused" if member["Paused"] else "available"
+    assert (last_101["queue"], last_101["status"]) == (QUEUE, expected)
+    folder = next(e for e in events["ivr.folder.changed"] if e["change"] == "changed")
+    assert folder["added"] + folder["removed"] == 1 and folder["files"] == len(sim.folders[folder["folder"]])
+
+
+async def _reached(bus: Bus, wanted: dict[str, int]) -> bool:
+    return all(n >= wanted[name] for name, n in (await counts(bus)).items())
+
+
+async def _member_event_count(bus: Bus, agent: str, n: int) -> bool:
+    events = (await stored(bus))["agent.status.changed"]
+    return sum(e["agent"] == agent for e in events) >= n
