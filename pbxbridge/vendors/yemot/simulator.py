@@ -101,6 +101,8 @@ class YemotSimulator(SimulatorBase):
         free = [m for m in members if m["Status"] == "1" and not m["Paused"]]
         if queue["entries"] and free and (len(queue["entries"]) >= 4 or self.random.random() < 0.5):
             self.answer(path, self.random.choice(free)["agent"])
+        elif len(queue["entries"]) >= 8:  # nobody free for long: the longest waiting caller hangs up
+            self._leave(queue, min(queue["entries"], key=lambda c: queue["entries"][c]["Position"]))
         else:
             self.add_waiting_call(path)
 
@@ -108,12 +110,17 @@ class YemotSimulator(SimulatorBase):
         """``agent`` takes the caller at the head of ``queue``; returns the call's id."""
         q = self.queues[queue]
         call_id = min(q["entries"], key=lambda c: q["entries"][c]["Position"])
-        del q["entries"][call_id]
-        for position, entry in enumerate(sorted(q["entries"].values(), key=lambda e: e["Position"]), 1):
-            entry["Position"] = position
+        self._leave(q, call_id)
         member = q["members"][agent]
         member.update(Status="2", CallsTaken=member["CallsTaken"] + 1, LastCall=str(int(time.time())))
         return call_id
+
+    @staticmethod
+    def _leave(queue: dict[str, Any], call_id: str) -> None:
+        """A caller leaves the queue; the ones behind move up."""
+        del queue["entries"][call_id]
+        for position, entry in enumerate(sorted(queue["entries"].values(), key=lambda e: e["Position"]), 1):
+            entry["Position"] = position
 
     def _folder_moves(self) -> None:
         """A recording lands in a folder under the next number, or the oldest one is deleted."""
