@@ -14,7 +14,7 @@ import pytest
 
 from pbxbridge.bus import Bus
 from pbxbridge.config import Account, Config, Settings, vendor_options_model
-from pbxbridge.events import AgentStatusChanged, IvrFolderChanged, QueueStatusChanged, RegistrationChanged
+from pbxbridge.events import AgentStatusChanged, IvrFolderChanged, QueueStatusChanged, RegistrationChanged, StateChangeData
 from pbxbridge.feeds import EntityChange, Observation, StateFeed
 from pbxbridge.vendors.errors import VendorPermanentError
 from pbxbridge.vendors.yemot import Client, Simulator
@@ -171,6 +171,19 @@ async def test_each_tick_changes_every_feed(client: Client, sim: Simulator) -> N
     for counts in (waiting, files):
         moves = {(b > a) - (b < a) for a, b in zip(counts, counts[1:])}
         assert {1, -1} <= moves, counts
+
+
+@pytest.mark.parametrize("feed", [QUEUES, REGISTRATIONS, IVR_FOLDERS], ids=lambda f: f.name)
+async def test_declared_unavailable_fields_stay_null_and_the_rest_get_filled(feed: StateFeed, client: Client, sim: Simulator) -> None:
+    """What ``unavailable`` declares is never filled; every other catalogue field is, in some event of its type."""
+    before = await look(feed, client)
+    sim.step()
+    events = built(feed, diff({}, before) + diff(before, await look(feed, client)), client.account)
+    for event_type in feed.events:
+        of_type = [e for e in events if isinstance(e, event_type)]
+        filled = {name for e in of_type for name, value in e if value is not None}
+        own = set(event_type.model_fields) - set(StateChangeData.model_fields)
+        assert filled & own == own - set(feed.unavailable), event_type.event
 
 
 def test_account_options_name_queues_and_folders() -> None:

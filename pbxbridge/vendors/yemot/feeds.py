@@ -76,6 +76,7 @@ SMS = Feed(
     time=sms_time,
     build=sms_event,
     newest_first=True,
+    operations=("GetSmsIncomingLog",),
 )
 
 
