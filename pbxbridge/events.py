@@ -142,6 +142,7 @@ class RegistrationChanged(StateChangeData):
     registered: bool
     contact: str | None = Field(None, description="the registered contact (user agent address), when given")
     agent: str | None = None
+    user_agent: str | None = Field(None, description="the registered device's software, when given")
 
 
 class AgentStatusChanged(StateChangeData):

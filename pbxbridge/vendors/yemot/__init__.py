@@ -5,8 +5,15 @@ from typing import Literal
 from pbxbridge.vendors.yemot.client import YemotClient as Client
 from pbxbridge.vendors.yemot.operations import VENDOR
 
-# session: log in and share the token; direct: ``<system number>:<password>`` as the token.
-ACCOUNT_OPTIONS = {"login": (Literal["session", "direct"], "session")}
+ACCOUNT_OPTIONS = {
+    # session: log in and share the token; direct: ``<system number>:<password>`` as the token.
+    "login": (Literal["session", "direct"], "session"),
+    # The Yemot document offers no way to list an account's queues or folders: the account names
+    # the ones to watch. Queues as GetQueueRealTime takes them (``ivr2:/5``); folders as
+    # GetIVR2DirStats takes them (``/`` for the main extension, ``1``, ``ext/1``).
+    "queues": (list[str], []),
+    "folders": (list[str], []),
+}
 
 __all__ = ["ACCOUNT_OPTIONS", "VENDOR", "Client", "Simulator"]
 
