@@ -142,6 +142,7 @@ def _queue_event(change: EntityChange, account: Account) -> dict[str, Any]:
         "waiting": len(entries),
         "longest_wait_seconds": max((e.Wait for e in entries if e.Wait is not None), default=0),
         "agents": change.after["agents"],
+        "members": [m.agent for m in reply.members],
         "entries": [
             {"call_id": e.CallId, "from": phone_field(e.phone, region), "wait_seconds": e.Wait, "position": e.Position}
             for e in entries
