@@ -31,6 +31,7 @@ from services.recordings.convert import CHUNK, Converted
 log = logging.getLogger("pbxbridge.recordings")
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+ANNOUNCED_TAG = "pbx-announced"  # its value: the recording.archived event id
 
 
 class S3Archive:
@@ -54,8 +55,10 @@ class S3Archive:
         meta = head.get("Metadata", {})
         if "pbx-sha256" not in meta:
             return None
+        tags = await self.client.get_object_tagging(Bucket=self.bucket, Key=name)
+        announced = any(tag["Key"] == ANNOUNCED_TAG for tag in tags.get("TagSet", []))
         archived = archived_from(name, self.location(name), head["ContentLength"], meta)
-        return Stored(archived, source=meta.get("pbx-source", ""), announced="pbx-announced" in meta)
+        return Stored(archived, source=meta.get("pbx-source", ""), announced=announced)
 
     async def store_verified(self, name: str, converted: Converted, audio: SpooledAudio) -> Archived:
         headers = archive_headers(converted, audio)
@@ -97,12 +100,10 @@ class S3Archive:
         return digest.hexdigest(), size
 
     async def mark_announced(self, name: str, event_id: str) -> None:
-        """S3 metadata is replaced by copying the object onto itself (server-side, no download)."""
-        head = await self.client.head_object(Bucket=self.bucket, Key=name)
-        await self.client.copy_object(
-            Bucket=self.bucket, Key=name, CopySource={"Bucket": self.bucket, "Key": name},
-            MetadataDirective="REPLACE", ContentType=head.get("ContentType", "application/octet-stream"),
-            Metadata={**head.get("Metadata", {}), "pbx-announced": event_id},
+        """A tag, not metadata: S3 metadata changes only by rewriting the object (a second
+        version of the audio in a versioned bucket); tags change in place."""
+        await self.client.put_object_tagging(
+            Bucket=self.bucket, Key=name, Tagging={"TagSet": [{"Key": ANNOUNCED_TAG, "Value": event_id}]},
         )
 
 
