@@ -1,6 +1,7 @@
 """Recordings archived by themselves: a ``call.ended`` of an account with ``archive_recordings``
 becomes a job, archived and announced with no command, once per call and format; a recording the
-vendor is still making is retried until ``recording_max_wait``, then dead-lettered.
+vendor is still making is retried until ``recording_max_wait``, then dead-lettered; voicemail
+goes the same way only where the vendor's recordings source can fetch it (Fonema's cannot yet).
 
 The call.ended events are published here as a vendor feed would. A short dedupe window, and
 counts of what the vendor served, the jobs stream stored and the archive holds.
@@ -17,8 +18,10 @@ import pytest
 
 from helpers_recordings import Rig, archiving, call_ended, jobs_published, publish_call_ended, running, settled
 from pbxbridge.bus import Bus
+from pbxbridge.bus.envelope import CloudEvent, utcnow
 from pbxbridge.bus.ledger import Ledger, ledger_key
 from pbxbridge.config import Config, Settings
+from pbxbridge.events import Phone, RecordingRef, VoicemailReceived
 from pbxbridge.vendors import load
 from services.recordings.auto import auto_command_id
 
@@ -146,3 +149,18 @@ async def test_malformed_call_ended_is_dead_lettered_not_lost(settings: Settings
         [letter] = await rig.dead_letters()
         assert letter["command_id"] == "bad-1" and "not a valid trigger event" in letter["reason"]
         assert await jobs_published(bus) == 0
+
+
+async def test_voicemail_of_a_vendor_that_cannot_fetch_it_makes_no_job(settings: Settings, bus: Bus) -> None:
+    """Fonema's recordings source fetches calls only: a voicemail.received with a ref is not sent to getCallRecord."""
+    async with fonema_rig(settings, bus) as rig:
+        data = VoicemailReceived(
+            vendor="fonema", account="madrid", key="vm-7", occurred_at=utcnow(), original={}, mailbox="101",
+            message_id="vm-7", caller=Phone(raw="600000001", e164="+34600000001"), recording=RecordingRef(call_id="vm-7"),
+        )
+        await bus.publish(bus.subjects.event("fonema", "madrid", VoicemailReceived.event), CloudEvent(
+            type=VoicemailReceived.ce_type(), source="pbxbridge/fonema/madrid", data=data.model_dump(mode="json"),
+        ))
+        await settled(bus)
+        assert await jobs_published(bus) == 0 and await rig.dead_letters() == []
+        assert rig.vendor_served("getCallRecord") == 0
