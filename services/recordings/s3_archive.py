@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import quote
@@ -27,8 +26,6 @@ from services.recordings.activities import (
     Archived, ChecksumMismatch, SpooledAudio, Stored, archive_headers, archived_from,
 )
 from services.recordings.convert import CHUNK, Converted
-
-log = logging.getLogger("pbxbridge.recordings")
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 ANNOUNCED_TAG = "pbx-announced"  # its value: the recording.archived event id
