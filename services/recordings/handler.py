@@ -23,7 +23,8 @@ A command job concludes with its command's one result. An event job has no sende
 is stored in the ledger under its own key (a second job for the call finds it ``done`` and does
 nothing) and no result is published; a failure still leaves a dead letter with the reason.
 
-A recording the vendor has not finished (``RecordingNotReady``) is put off (the claim released,
+A recording the vendor has not finished (``RecordingNotReady``; for an event job also one not
+found yet, since the vendor's event said the call was recorded) is put off (the claim released,
 a delayed NAK) for up to ``recording_max_wait`` seconds, never dropped; transient vendor errors
 are put off like commands; the last delivery never puts off: it ends ``failed`` with a dead
 letter, like anything permanent.
@@ -53,7 +54,7 @@ from pbxbridge.commands import RecordingFetch
 from pbxbridge.config import Config, RecordingArchive
 from pbxbridge.recordings import RecordingJob, RecordingNotReady
 from pbxbridge.vendors.client import VendorClient
-from pbxbridge.vendors.errors import VendorError
+from pbxbridge.vendors.errors import VendorError, VendorNotFound
 from services.recordings import activities
 from services.recordings.convert import AudioError, archive_extension
 
@@ -202,19 +203,12 @@ class RecordingHandler:
         try:
             audio = await activities.fetch_audio(activities.Fetch(client, request, into=work / "served"))
         except RecordingNotReady as exc:
-            waited = (utcnow() - delivery.published_at).total_seconds()
-            if waited >= self.settings.recording_max_wait:
-                await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s"})
-                return ACK
-            self._not_ready.add(1, {"vendor": job.vendor})
-            # The vendor's hint is a floor, not the pace: recording_max_wait must fit in recording_max_deliver.
-            backoff = retry_delay(self.settings, min(delivery.attempt, 6))
-            delay = max(backoff, min(exc.retry_after or 0.0, self.settings.command_backoff_max))
-            log.info("%s/%s call %s: recording not ready; again in %.1fs", job.vendor, job.account, request.call_id, delay)
-            return await self._put_off(job, delivery, delay, {
-                "kind": "not_ready", "message": "the vendor has not finished the recording",
-            })
+            return await self._wait_for_recording(job, delivery, request, exc.retry_after, "the vendor has not finished the recording")
         except VendorError as exc:
+            if isinstance(exc, VendorNotFound) and job.origin == "event":
+                # The vendor's own call.ended said it was recorded: not filed yet (uContact copies
+                # recordings to its places later), so wait for it like a recording in processing.
+                return await self._wait_for_recording(job, delivery, request, None, f"not filed yet: {exc.message}")
             if exc.retryable and delivery.attempt < self.settings.command_max_deliver:
                 delay = retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None))
                 return await self._put_off(job, delivery, delay, exc.as_dict())
@@ -235,6 +229,21 @@ class RecordingHandler:
             return await self._put_off(job, delivery, delay, {"kind": "checksum_mismatch", "message": str(exc)})
         self._archived.add(archived.bytes, {"vendor": job.vendor, "codec": archived.codec})
         return activities.Stored(archived, source=audio.source, announced=False)
+
+    async def _wait_for_recording(
+        self, job: RecordingJob, delivery: JobDelivery, request: RecordingFetch, retry_after: float | None, why: str,
+    ) -> Disposition:
+        """Put off until ``recording_max_wait`` has passed since the job was made; then failed, dead-lettered."""
+        waited = (utcnow() - delivery.published_at).total_seconds()
+        if waited >= self.settings.recording_max_wait:
+            await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s: {why}"})
+            return ACK
+        self._not_ready.add(1, {"vendor": job.vendor})
+        # The vendor's hint is a floor, not the pace: recording_max_wait must fit in recording_max_deliver.
+        backoff = retry_delay(self.settings, min(delivery.attempt, 6))
+        delay = max(backoff, min(retry_after or 0.0, self.settings.command_backoff_max))
+        log.info("%s/%s call %s: recording not ready (%s); again in %.1fs", job.vendor, job.account, request.call_id, why, delay)
+        return await self._put_off(job, delivery, delay, {"kind": "not_ready", "message": why})
 
     async def _put_off(self, job: RecordingJob, delivery: JobDelivery, delay: float, error: dict) -> Disposition:
         """A delayed NAK, except on the last delivery: that one ends the job, failed, with a dead letter."""

@@ -164,3 +164,26 @@ async def test_voicemail_of_a_vendor_that_cannot_fetch_it_makes_no_job(settings:
         await settled(bus)
         assert await jobs_published(bus) == 0 and await rig.dead_letters() == []
         assert rig.vendor_served("getCallRecord") == 0
+
+
+async def test_recording_filed_late_in_ucontacts_places_is_archived_once_there(settings: Settings, bus: Bus) -> None:
+    """uContact's places answer 404 until the file is copied there: the event job waits, then archives it."""
+    async with load("ucontact").Simulator(activity=False) as sim:
+        guid = sim.add_recorded_call()
+        place, audio = next((p, data) for p, data in sim.files.items() if guid in p)
+        del sim.files[place]  # recorded, not filed yet
+        async with running(Config(settings=settings, accounts=[archiving(sim.account("integra"))]), bus, sim) as rig:
+            await publish_call_ended(rig, guid)
+            await until(lambda: ("recording", "error:404") in sim.requests)
+            sim.files[place] = audio
+            await settled(bus)
+            [(_, announced)] = await rig.archived_events()
+        assert announced["call_id"] == guid and (await outcome(rig, guid)).status == "succeeded"
+        assert rig.vendor_served("recording") == 1
+
+
+async def until(condition, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never met"
+        await asyncio.sleep(0.02)
