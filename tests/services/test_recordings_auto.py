@@ -54,6 +54,14 @@ async def swan_rig(settings: Settings, bus: Bus, processing_seconds: float) -> A
             yield rig
 
 
+async def until(condition, timeout: float = 20.0) -> None:
+    """Wait for something the test itself can see (a request the simulator logged)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never met"
+        await asyncio.sleep(0.02)
+
+
 async def outcome(rig: Rig, call_id: str, fmt: str = "opus"):
     """The stored result of the auto job for ``call_id``: the ledger keeps it, nothing publishes it."""
     key = ledger_key(rig.vendor, rig.account, auto_command_id(rig.vendor, rig.account, call_id, fmt))
@@ -180,10 +188,3 @@ async def test_recording_filed_late_in_ucontacts_places_is_archived_once_there(s
             [(_, announced)] = await rig.archived_events()
         assert announced["call_id"] == guid and (await outcome(rig, guid)).status == "succeeded"
         assert rig.vendor_served("recording") == 1
-
-
-async def until(condition, timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition never met"
-        await asyncio.sleep(0.02)
