@@ -38,6 +38,7 @@ SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # The archive codecs services/recordings/convert.py can write (a test keeps the two in step).
 RecordingFormat = Literal["opus", "mp3", "flac", "wav"]
 RECORDING_FORMATS: tuple[str, ...] = get_args(RecordingFormat)
+RecordingArchive = Literal["object-store", "s3"]
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@")
@@ -117,6 +118,8 @@ class AccountOptions(BaseModel):
     feed_intervals: dict[str, Annotated[float, Field(gt=0)]] | None = Field(
         None, description="seconds between polls per feed (by feed or event name); default: the feed's own, else poll_interval",
     )
+    archive_recordings: bool = Field(False, description="archive every call.ended/voicemail.received recording, unasked")
+    archive: RecordingArchive | None = Field(None, description="where this account's recordings go; default: recording_archive")
 
     @field_validator("phone_region")
     @classmethod
@@ -293,6 +296,15 @@ class Settings(BaseSettings):
     recording_claim_ttl: float = Field(
         30, gt=0, description="seconds an archive name stays claimed by a worker that stopped renewing it"
     )
+    recording_archive: RecordingArchive = Field("object-store", description="default archive: the bus's Object Store, or S3")
+    recording_s3_endpoint: str | None = Field(None, description="S3-compatible endpoint URL; unset: AWS for the region")
+    recording_s3_bucket: str | None = Field(None, description="S3 bucket for archives")
+    recording_s3_region: str = Field("us-east-1", description="S3 region")
+    recording_s3_access_key_id: SecretStr | None = Field(None, description="unset: the AWS default credential chain")
+    recording_s3_secret_access_key: SecretStr | None = None
+    recording_s3_access_key_id_file: Path | None = Field(None, description="a secret file holding the access key id")
+    recording_s3_secret_access_key_file: Path | None = Field(None, description="a secret file holding the secret key")
+    recording_s3_part_size: int = Field(8 * 2**20, ge=5 * 2**20, description="multipart upload part size, bytes")
     command_max_deliver: int = Field(6, ge=1, description="vendor attempts per command before it fails")
     command_backoff: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles per attempt")
     command_backoff_max: float = Field(60.0, gt=0, description="longest retry delay, seconds")
