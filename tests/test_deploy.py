@@ -198,13 +198,13 @@ def test_constraints_pin_the_runtime_and_nothing_from_sim_or_test() -> None:
 
 
 def test_runtime_imports_nothing_from_the_sim_extra() -> None:
-    """The workers and `pbxbridge run` with aiohttp, numpy and every simulator module refused."""
+    """The workers and `pbxbridge run` with numpy and every simulator module refused."""
     probe = textwrap.dedent(
         """
         import importlib, importlib.abc, sys
         class Refuse(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if (name.split(".")[0] in ("aiohttp", "numpy") or name.endswith(".simulator")
+                if (name.split(".")[0] == "numpy" or name.endswith(".simulator")
                         or name == "pbxbridge.vendors.sim_audio"):
                     raise ImportError(f"sim-only module imported: {name}")
         sys.meta_path.insert(0, Refuse())

@@ -18,7 +18,7 @@ __all__ = ["ACCOUNT_OPTIONS", "VENDOR", "Client", "Simulator"]
 
 
 def __getattr__(name: str):
-    # The simulator (aiohttp, numpy: the `sim` extra) is loaded only when asked for, so the
+    # The simulator (numpy: the `sim` extra) is loaded only when asked for, so the
     # workers never import it.
     if name == "Simulator":
         from pbxbridge.vendors.ucontact.simulator import UContactSimulator
