@@ -118,6 +118,7 @@ async def test_call_history_is_read_past_the_first_page(settings: Settings, bus:
 async def test_call_history_without_documented_outcome_is_set_aside(sim: Simulator, client: Client) -> None:
     """A row whose Disposition is not one of the document's words is refused by the feed's parse."""
     sim.add_finished_call(disposition="exploded")
+    sim.calls[-1]["subCalls"][0]["Disposition"] = "answer"  # only the call's own word is wrong
     rows = await CALL_HISTORY.fetch(client, _window(hours=1))
     with pytest.raises(ValueError):
         CALL_HISTORY.parse(next(r for r in rows if r["Disposition"] == "exploded"))
