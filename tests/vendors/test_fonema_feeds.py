@@ -22,6 +22,7 @@ from pbxbridge.vendors.fonema import Client, Simulator
 from pbxbridge.vendors.fonema.feeds import CALL_HISTORY, LIVE_CALLS, PRESENCE_FEED, VOICEMAIL
 from pbxbridge.vendors.fonema.operations import MADRID
 from pbxbridge.vendors.fonema.recordings import fetch_recording
+from pbxbridge.vendors.simulator import SimError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "services"))  # the poller's test helpers
 from helpers_poller import read_all, running_poller, wait_for  # noqa: E402
@@ -208,6 +209,15 @@ async def test_presence_on_a_call_is_on_call(sim: Simulator, client: Client) -> 
     seen = (await look(PRESENCE_FEED, client))[SESSION_USER]
     _, fields = PRESENCE_FEED.build(change("changed", seen, seen), client.account)
     assert (fields["status"], fields["vendor_status"]) == ("on_call", "online")
+
+
+async def test_account_that_may_not_list_users_is_named_by_its_login(sim: Simulator, client: Client) -> None:
+    """getUsers is for administrators: when it is refused, the agent is the account's login."""
+    def refused(req: Any) -> None:
+        raise SimError("forbidden: administrators only", code=403)
+
+    sim.getUsers = refused
+    assert list(await look(PRESENCE_FEED, client)) == [sim.login_name]
 
 
 async def test_undocumented_presence_word_is_a_malformed_reply(sim: Simulator, client: Client) -> None:

@@ -19,6 +19,7 @@ LOGIN = "admin@fonema.sim"
 PASSWORD = "sim-fonema-password"
 OK: dict[str, Any] = {"code": 200}
 CALLERS = ["34612345678", "34699887766", "34911223344", "34655443322"]
+OUTCOMES = ["answer", "answer", "answer", "noanswer", "busy", "cancel", "not-available"]  # Disposition words, weighted
 SESSION_USER = 1  # the user the account logs in as: getNotifications and isOnCall answer for them
 VOICEMAIL_PAGE = 50  # getVoiceMailMessages' page size (filasPorPagina)
 
@@ -146,7 +147,9 @@ class FonemaSimulator(SimulatorBase):
         uuid = self.session_call()
         if uuid is not None:
             del self.live_calls[uuid]
-            self.add_finished_call(recorded=self.random.random() < 0.7, seconds=float(self.random.randint(2, 5)))
+            outcome = self.random.choice(OUTCOMES)
+            recorded = outcome == "answer" and self.random.random() < 0.7
+            self.add_finished_call(recorded=recorded, seconds=float(self.random.randint(2, 5)), disposition=outcome)
         return uuid
 
     def step(self) -> None:
