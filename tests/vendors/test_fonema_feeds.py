@@ -116,6 +116,14 @@ async def test_call_history_is_read_past_the_first_page(settings: Settings, bus:
     assert sorted(e["call_id"] for e in events) == sorted(c["Id"] for c in sim.calls)
 
 
+async def test_server_ignoring_pagina_is_read_once(sim: Simulator, client: Client) -> None:
+    """A server that answers every ``pagina`` with the first page: the fetch stops at the repeat."""
+    first_page = sim.getCallsPost
+    sim.getCallsPost = lambda req: first_page(req.model_copy(update={"pagina": 0}))
+    rows = await CALL_HISTORY.fetch(client, _window(hours=1))
+    assert sorted(r["Id"] for r in rows) == sorted(c["Id"] for c in sim.calls)
+
+
 async def test_call_history_without_documented_outcome_is_set_aside(sim: Simulator, client: Client) -> None:
     """A row whose Disposition is not one of the document's words is refused by the feed's parse."""
     sim.add_finished_call(disposition="exploded")
