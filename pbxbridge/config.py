@@ -114,6 +114,9 @@ class AccountOptions(BaseModel):
     max_download_bytes: int = Field(2**30, ge=1024, description="largest recording file fetched")
     poll_interval: float = Field(5.0, gt=0, description="seconds between polls of one feed")
     feeds: list[str] | None = Field(None, description="feeds to poll; default: all the vendor has")
+    feed_intervals: dict[str, Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="seconds between polls per feed (by feed or event name); default: the feed's own, else poll_interval",
+    )
 
     @field_validator("phone_region")
     @classmethod
@@ -134,9 +137,9 @@ def vendor_option_fields(vendor: str) -> dict[str, tuple[Any, Any]]:
 
 
 def _feed_names(vendor: str) -> set[str]:
-    from pbxbridge.feeds import feeds_of
+    from pbxbridge.feeds import known_names
 
-    return {name for feed in feeds_of(vendor) for name in (feed.name, feed.event.event)}
+    return known_names(vendor)
 
 
 class _StrictOptions(AccountOptions):
@@ -148,7 +151,7 @@ def vendor_options_model(vendor: str) -> type[AccountOptions]:
     """The options an account of ``vendor`` may set, every one checked, no other name allowed."""
     known_feeds = _feed_names(vendor)
 
-    def known_feeds_only(names: list[str] | None) -> list[str] | None:
+    def known_feeds_only(names: Any) -> Any:  # a list of names, or a mapping keyed by them
         unknown = sorted(set(names or ()) - known_feeds)
         if unknown:
             raise ValueError(
@@ -159,7 +162,7 @@ def vendor_options_model(vendor: str) -> type[AccountOptions]:
     return create_model(
         f"{vendor.title()}Options",
         __base__=_StrictOptions,
-        __validators__={"_known_feeds": field_validator("feeds")(known_feeds_only)},
+        __validators__={"_known_feeds": field_validator("feeds", "feed_intervals")(known_feeds_only)},
         **vendor_option_fields(vendor),
     )
 
