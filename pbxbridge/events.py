@@ -95,6 +95,9 @@ class CallData(EventData):
     campaign: str | None = None
     started_at: AwareDatetime | None = None
     answered_at: AwareDatetime | None = None
+    # Set when the event comes from a state feed (calls in progress seen appear and disappear).
+    change: Change | None = Field(None, description="from a feed of calls in progress: appeared or disappeared")
+    sequence: int | None = Field(None, description="from a feed of calls in progress: the call's change counter")
 
 
 class CallStarted(CallData):

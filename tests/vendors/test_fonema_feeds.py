@@ -16,10 +16,10 @@ from pbxbridge.bus import Bus
 from pbxbridge.commands import RecordingFetch
 from pbxbridge.config import Config, Settings
 from pbxbridge.events import AgentStatusChanged, CallEnded, CallStarted, EventData, VoicemailReceived
-from pbxbridge.feeds import EntityChange, FetchWindow, Observation, StateFeed
+from pbxbridge.feeds import EntityChange, Feed, FetchWindow, Observation, StateFeed
 from pbxbridge.vendors.errors import MalformedReplyError
 from pbxbridge.vendors.fonema import Client, Simulator
-from pbxbridge.vendors.fonema.feeds import CALL_HISTORY, LIVE_CALLS, PRESENCE_FEED, VOICEMAIL
+from pbxbridge.vendors.fonema.feeds import CALL_HISTORY, LIVE_CALLS, PRESENCE, PRESENCE_FEED, VOICEMAIL
 from pbxbridge.vendors.fonema.operations import MADRID
 from pbxbridge.vendors.fonema.recordings import fetch_recording
 from pbxbridge.vendors.simulator import SimError
@@ -62,17 +62,24 @@ async def _at_least(bus: Bus, subj: str, n: int) -> bool:
     return (info.state.subjects or {}).get(subj, 0) >= n
 
 
-def assert_fills(events: list[dict], event: type[EventData], unavailable: tuple[str, ...]) -> None:
-    """The declared ``unavailable`` fields stay null in every event; every other field is
-    filled in at least one."""
-    names = {f.alias or name for name, f in event.model_fields.items()}
-    for name in names:
+STATE_ONLY = ("change", "sequence")  # a call event carries these only when a state feed made it
+
+
+def assert_fills(events: list[dict], event: type[EventData], feed: Feed | StateFeed) -> None:
+    """The feed's declared ``unavailable`` fields stay null in every event; every other field
+    is filled in at least one."""
+    empty = feed.unavailable + (STATE_ONLY if isinstance(feed, Feed) else ())
+    for name in {f.alias or name for name, f in event.model_fields.items()}:
         values = [e.get(name) for e in events]
-        if name in unavailable:
-            assert all(v is None for v in values), f"{name} is declared unavailable but filled"
+        if name in empty:
+            assert all(map(_blank, values)), f"{name} is declared unavailable but filled"
         else:
-            assert any(v not in (None, {}, []) and v != {"raw": None, "e164": None, "valid": False} for v in values), \
-                f"{name} is never filled"
+            assert not all(map(_blank, values)), f"{name} is never filled"
+
+
+def _blank(value: Any) -> bool:
+    # A number the vendor does not give is still a Phone object (the field is required), all null.
+    return value in (None, {}, []) or value == {"raw": None, "e164": None, "valid": False}
 
 
 # ---- call history -------------------------------------------------------------------------
@@ -97,7 +104,7 @@ async def test_call_history_rows_become_call_ended_with_outcome_and_recording(se
     assert datetime.fromisoformat(answered["ended_at"]) == started + timedelta(seconds=7)
     assert answered["from"]["e164"] == "+" + row["Src"] and answered["to"]["e164"] == "+34910000001"
     assert (answered["direction"], answered["agent"], answered["queue"]) == ("inbound", "1", "Ventas")
-    assert_fills(list(events.values()), CallEnded, CALL_HISTORY.unavailable)
+    assert_fills(list(events.values()), CallEnded, CALL_HISTORY)
 
 
 async def test_call_recording_ref_fetches_the_flac(sim: Simulator, client: Client) -> None:
@@ -150,7 +157,7 @@ async def test_voicemail_in_both_folders_becomes_voicemail_received(settings: Se
     assert events[fresh]["mailbox"] == SESSION_USER and events[fresh]["original"]["callerid"] == "Cliente <34612345678>"
     when = datetime.fromtimestamp(sim.voicemail[fresh]["date"], timezone.utc)
     assert datetime.fromisoformat(events[fresh]["occurred_at"]) == when
-    assert_fills(list(events.values()), VoicemailReceived, VOICEMAIL.unavailable)
+    assert_fills(list(events.values()), VoicemailReceived, VOICEMAIL)
 
 
 async def test_voicemail_listing_is_read_past_the_first_page(sim: Simulator, client: Client) -> None:
@@ -249,3 +256,39 @@ async def test_simulator_tick_moves_every_feed(sim: Simulator) -> None:
     assert any(calls) and not all(calls)  # calls come and go
     assert all(a[1] != b[1] for a, b in zip(seen, seen[1:]))  # presence changes each tick
     assert len(sim.calls) > before_calls and len(sim.voicemail) > before_vm
+
+
+# ---- state feeds, end to end ----------------------------------------------------------------
+
+async def tick(sim: Simulator) -> None:
+    async with httpx.AsyncClient() as http:
+        (await http.post(sim.url.split("/api/")[0] + "/_sim/tick")).raise_for_status()
+
+
+async def test_session_call_and_presence_changes_become_events_from_a_running_poller(
+    settings: Settings, bus: Bus, sim: Simulator,
+) -> None:
+    """Ticks start then end the session call and move presence: call.started, call.ended and each status, in order."""
+    sim.end_session_call()
+    sim.presence[int(SESSION_USER)] = "online"
+    words = []
+    async with running_poller(config_for(settings, sim, "calls.live", "presence"), bus):
+        await wait_for(lambda: _at_least(bus, subject(bus, AgentStatusChanged), 1), what="the first look")
+        await tick(sim)  # no call: one starts
+        uuid, words = sim.session_call(), [sim.presence[int(SESSION_USER)]]
+        await wait_for(lambda: _at_least(bus, subject(bus, CallStarted), 1), what="call.started")
+        await wait_for(lambda: _at_least(bus, subject(bus, AgentStatusChanged), 2), what="on_call")
+        await tick(sim)  # the call ends
+        words.append(sim.presence[int(SESSION_USER)])
+        await wait_for(lambda: _at_least(bus, subject(bus, CallEnded), 1), what="call.ended")
+        await wait_for(lambda: _at_least(bus, subject(bus, AgentStatusChanged), 3), what="the status after the call")
+    started, = [m.data for m in await read_all(bus, subject(bus, CallStarted))]
+    ended, = [m.data for m in await read_all(bus, subject(bus, CallEnded))]
+    presence = await read_all(bus, subject(bus, AgentStatusChanged))
+    assert_fills([started], CallStarted, LIVE_CALLS)
+    assert_fills([ended], CallEnded, LIVE_CALLS)
+    assert_fills([m.data for m in presence], AgentStatusChanged, PRESENCE_FEED)
+    assert (started["call_id"], started["change"], started["agent"]) == (uuid, "appeared", SESSION_USER)
+    assert (ended["call_id"], ended["change"], ended["sequence"]) == (uuid, "disappeared", started["sequence"] + 1)
+    statuses = [(m.data["status"], m.data["vendor_status"]) for m in presence]
+    assert statuses == [("available", "online"), ("on_call", words[0]), (PRESENCE[words[1]], words[1])]

@@ -356,5 +356,4 @@ VOICEMAIL = Feed(
     unavailable=("duration_seconds",),  # the listing gives no length; the audio does
 )
 
-STATE_FEEDS = [LIVE_CALLS, PRESENCE_FEED]
-FEEDS = [CALL_HISTORY, VOICEMAIL]  # the state feeds join once the poller runs them
+FEEDS = [CALL_HISTORY, VOICEMAIL, LIVE_CALLS, PRESENCE_FEED]
