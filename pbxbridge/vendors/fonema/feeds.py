@@ -20,6 +20,7 @@ What the Fonema document offers decides the shape of each feed:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -47,17 +48,36 @@ async def session_user(client: VendorClient) -> str:
     """The session user's id (as text), found in ``getUsers`` by login; the login itself when
     the account may not list users (``getUsers`` is for administrators) or is not listed.
 
-    A user's id never changes: it is looked up once per account."""
+    A user's id never changes, nor does an account's right to list users: looked up once per
+    account and process."""
     account = client.account
     cache_key = (account.base_url, account.id, account.username)
     if cache_key not in _session_users:
         try:
             users = await client.call("getUsers")
         except VendorPermanentError:
-            return str(account.username)  # not an administrator: asked again next time
+            users = []  # not an administrator
         match = next((u for u in users if u.login == account.username), None)
         _session_users[cache_key] = str(match.id) if match is not None else str(account.username)
     return _session_users[cache_key]
+
+
+async def pages(client: VendorClient, operation: str, query: dict[str, Any], rows: str) -> AsyncIterator[tuple[list[Any], Any]]:
+    """(rows, reply) of each page (``pagina`` 0, 1, ...) until an empty page, or a page of rows
+    already seen (a server that ignores ``pagina`` would otherwise be read for ever)."""
+    seen: set[str] = set()
+    page = 0
+    while True:
+        reply = await client.call_unparsed(operation, {**query, "pagina": page})
+        batch = reply.get(rows) if isinstance(reply, dict) else None
+        if not isinstance(batch, list):
+            raise _malformed(operation, f"{rows} is not a list", reply)
+        ids = {str(row.get("Id", row.get("id"))) if isinstance(row, dict) else repr(row) for row in batch}
+        if not batch or ids <= seen:
+            return
+        seen |= ids
+        yield batch, reply
+        page += 1
 
 
 def _phone(raw: Any, account: Account) -> dict[str, Any]:
@@ -94,21 +114,10 @@ async def fetch_calls(client: VendorClient, window: FetchWindow) -> list[Any]:
     horizon = window.since - LONGEST_CALL
     query = {"userId": "0", "fechaInicio": horizon.astimezone(MADRID).date().isoformat()}
     rows: list[Any] = []
-    seen: set[Any] = set()
-    page = 0
-    while len(rows) < window.limit:
-        reply = await client.call_unparsed("getCallsPost", {**query, "pagina": page})
-        batch = reply.get("llamadas") if isinstance(reply, dict) else None
-        if not isinstance(batch, list):
-            raise _malformed("getCallsPost", "llamadas is not a list", reply)
-        ids = {row.get("Id") if isinstance(row, dict) else None for row in batch}
-        if not batch or ids <= seen:  # the end, or a server that ignores ``pagina``
-            break
-        seen |= ids
+    async for batch, _ in pages(client, "getCallsPost", query, "llamadas"):
         rows.extend(batch)
-        if _started_before(batch[-1], horizon):
+        if len(rows) >= window.limit or _started_before(batch[-1], horizon):
             break
-        page += 1
     return rows[: window.limit]
 
 
@@ -256,7 +265,6 @@ PRESENCE_FEED = StateFeed(
 
 FOLDERS = ("inbox", "old")
 OWN_MAILBOX = "0"  # getVoiceMailMessages' ``general``: the session user's own mailbox
-MAX_MESSAGES = 20_000  # a mailbox bigger than this is a server that repeats pages
 
 
 @dataclass(frozen=True)
@@ -278,19 +286,14 @@ async def fetch_voicemail(client: VendorClient, window: FetchWindow) -> list[Any
     mailbox = await session_user(client)
     rows: list[Any] = []
     for folder in FOLDERS:
-        page, got = 0, 0
-        while got < MAX_MESSAGES:
-            query = {"folder": folder, "general": OWN_MAILBOX, "fechaInicio": day, "pagina": page}
-            reply = await client.call_unparsed("getVoiceMailMessages", query)
-            batch = reply.get("mensajes") if isinstance(reply, dict) else None
-            if not isinstance(batch, list):
-                raise _malformed("getVoiceMailMessages", "mensajes is not a list", reply)
+        query = {"folder": folder, "general": OWN_MAILBOX, "fechaInicio": day}
+        got = 0
+        async for batch, reply in pages(client, "getVoiceMailMessages", query, "mensajes"):
             rows.extend((folder, mailbox, row) for row in batch)
             got += len(batch)
             total = reply.get("totalMensajes")
-            if not batch or not isinstance(total, int) or got >= total:
+            if not isinstance(total, int) or got >= total:
                 break
-            page += 1
     return rows
 
 
