@@ -227,12 +227,14 @@ async def test_presence_on_a_call_is_on_call(sim: Simulator, client: Client) -> 
 
 
 async def test_account_that_may_not_list_users_is_named_by_its_login(sim: Simulator, client: Client) -> None:
-    """getUsers is for administrators: when it is refused, the agent is the account's login."""
+    """getUsers is for administrators: when it is refused, the agent is the account's login, asked once."""
     def refused(req: Any) -> None:
         raise SimError("forbidden: administrators only", code=403)
 
     sim.getUsers = refused
-    assert list(await look(PRESENCE_FEED, client)) == [sim.login_name]
+    for _ in range(2):
+        assert list(await look(PRESENCE_FEED, client)) == [sim.login_name]
+    assert [op for op, _ in sim.requests].count("getUsers") == 1
 
 
 async def test_undocumented_presence_word_is_a_malformed_reply(sim: Simulator, client: Client) -> None:
