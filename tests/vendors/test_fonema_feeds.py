@@ -123,6 +123,20 @@ async def test_call_history_is_read_past_the_first_page(settings: Settings, bus:
     assert sorted(e["call_id"] for e in events) == sorted(c["Id"] for c in sim.calls)
 
 
+async def test_long_call_ending_behind_many_later_calls_is_published(settings: Settings, bus: Bus, sim: Simulator) -> None:
+    """A 90-minute call joins the log behind 250 calls started after it: the feed pages back to it."""
+    sim.calls.clear()
+    now = datetime.now(MADRID).replace(microsecond=0)
+    for i in range(250):
+        sim.add_finished_call(recorded=False, seconds=5, when=now - timedelta(minutes=80) + timedelta(seconds=15 * i))
+    async with running_poller(config_for(settings, sim, "calls"), bus):
+        await wait_for(lambda: _at_least(bus, subject(bus, CallEnded), 250), what="the short calls")
+        long_call = sim.add_finished_call(recorded=False, seconds=5400, when=now - timedelta(minutes=90))
+        await wait_for(lambda: _at_least(bus, subject(bus, CallEnded), 251), what="the long call")
+    events = [m.data for m in await read_all(bus, subject(bus, CallEnded))]
+    assert [e["duration_seconds"] for e in events if e["call_id"] == long_call] == [5400.0]
+
+
 async def test_server_ignoring_pagina_is_read_once(sim: Simulator, client: Client) -> None:
     """A server that answers every ``pagina`` with the first page: the fetch stops at the repeat."""
     first_page = sim.getCallsPost

@@ -86,9 +86,11 @@ def _phone(raw: Any, account: Account) -> dict[str, Any]:
 
 # ---- call history: getCallsPost -> call.ended ------------------------------------------
 
-# The log is filtered by the day a call *started*: a call that ends after the cursor may have
-# started this long before it, so the fetch reaches back this far.
-LONGEST_CALL = timedelta(hours=6)
+# The log is filtered and ordered by the time a call *started*, and a call joins it when it
+# ends: a call ending after the cursor may sit behind every call started since it began. Each
+# poll pages back this far (the cost: the calls of this span, every poll); a longer call is
+# not seen.
+LONGEST_CALL = timedelta(hours=2)
 # Fonema's words for a call's outcome (``Disposition``), in the catalogue's words.
 DISPOSITIONS = {
     "answer": "answered",
@@ -109,16 +111,19 @@ class CallRow(Call):
 
 
 async def fetch_calls(client: VendorClient, window: FetchWindow) -> list[Any]:
-    """History rows from the latest back to ``window.since`` (less LONGEST_CALL), at most
-    ``window.limit``, page after page; newest first, as Fonema lists them."""
+    """History rows, newest first as Fonema lists them, page after page: the latest
+    ``window.limit`` started since ``window.since``, and every one started up to LONGEST_CALL
+    before it (the cursor sets aside those it has published)."""
     horizon = window.since - LONGEST_CALL
     query = {"userId": "0", "fechaInicio": horizon.astimezone(MADRID).date().isoformat()}
     rows: list[Any] = []
+    recent = 0
     async for batch, _ in pages(client, "getCallsPost", query, "llamadas"):
         rows.extend(batch)
-        if len(rows) >= window.limit or _started_before(batch[-1], horizon):
+        recent += sum(not _started_before(row, window.since) for row in batch)
+        if recent >= window.limit or _started_before(batch[-1], horizon):
             break
-    return rows[: window.limit]
+    return rows
 
 
 def _started_before(row: Any, horizon: datetime) -> bool:
@@ -167,7 +172,9 @@ CALL_HISTORY = Feed(
     time=lambda row: row.Date,  # Spain local as written; fold settled by the poller
     build=call_ended,
     newest_first=True,
-    page_size=200,
+    # The fetch stops at LONGEST_CALL, not at a count: a page is never "full" (a full page's
+    # oldest minute could not be judged, and the long call sits exactly there).
+    page_size=200_000,
     operations=("getCallsPost",),
     # No answer time (Duration is the whole call), no campaigns at Fonema.
     unavailable=("answered_at", "billable_seconds", "campaign"),

@@ -406,7 +406,9 @@ class FonemaSimulator(SimulatorBase):
         if req.searchTerm:
             calls = [c for c in calls if req.searchTerm in (c["Searchable"] or "") or req.searchTerm in c["Src"]]
         page = req.pagina or 0
-        return {"llamadas": list(reversed(calls))[page * 50 : page * 50 + 50]}
+        # Newest start first; a call joins the log when it ends, so a long one sits behind later starts.
+        listed = sorted(reversed(calls), key=lambda c: c["Date"], reverse=True)
+        return {"llamadas": listed[page * 50 : page * 50 + 50]}
 
     def getCallRecord(self, req: ops.CallId) -> bytes:
         if not any(c["Id"] == req.callId for c in self.calls):
