@@ -11,7 +11,8 @@ What the Fonema document offers decides the shape of each feed:
 - ``isOnCall`` and ``getNotifications`` answer for the *session* user only (the account's
   login): the document has no per-user presence read and no list of calls in progress.
   ``getUsers`` names that user (its ``login`` is the account's username), so events carry the
-  user id that ``agent.status.set`` and ``changePresenceStatus`` take.
+  user id that ``agent.status.set`` and ``changePresenceStatus`` take. ``isOnCall`` gives only
+  the call's uuid: no parties, no outcome (see ``live_call``).
 - ``getVoiceMailMessages`` lists a mailbox's messages (``general=0``: the session user's) per
   folder (``inbox``/``old``): both folders are read, so a message archived between two polls
   is not missed. ``playVoiceMailMessage`` serves a message's audio; the event's recording ref
@@ -184,16 +185,21 @@ CALL_HISTORY = Feed(
 # ---- the session user's call in progress: isOnCall -> call.started / call.ended -----------
 
 
-async def fetch_live_calls(client: VendorClient, account: Account) -> list[Observation]:
+async def session_call(client: VendorClient) -> tuple[str | None, Any]:
+    """(uuid of the session user's call or None, isOnCall's reply as sent)."""
     reply = await client.call_unparsed("isOnCall")
     try:
-        on_call = OnCall.model_validate(reply)
+        return OnCall.model_validate(reply).uuid or None, reply
     except ValueError as exc:
         raise _malformed("isOnCall", f"not the documented reply: {exc}", reply) from exc
-    if not on_call.uuid:
+
+
+async def fetch_live_calls(client: VendorClient, account: Account) -> list[Observation]:
+    uuid, reply = await session_call(client)
+    if uuid is None:
         return []
     agent = await session_user(client)
-    return [Observation(entity=on_call.uuid, state={"agent": agent}, original=reply)]
+    return [Observation(entity=uuid, state={"agent": agent}, original=reply)]
 
 
 def live_call(change: EntityChange, account: Account) -> tuple[type, dict[str, Any]] | None:
@@ -238,11 +244,10 @@ async def fetch_presence(client: VendorClient, account: Account) -> list[Observa
     word = notifications.get("presenceStatus") if isinstance(notifications, dict) else None
     if word not in PRESENCE:
         raise _malformed("getNotifications", "presenceStatus is not a documented word", notifications)
-    on_call = await client.call_unparsed("isOnCall")
-    busy_with = on_call.get("uuid") if isinstance(on_call, dict) else None
+    uuid, on_call = await session_call(client)
     agent = await session_user(client)
     original = {"getNotifications": notifications, "isOnCall": on_call}
-    return [Observation(entity=agent, state={"presence": word, "on_call": bool(busy_with)}, original=original)]
+    return [Observation(entity=agent, state={"presence": word, "on_call": uuid is not None}, original=original)]
 
 
 def presence_changed(change: EntityChange, account: Account) -> tuple[type, dict[str, Any]] | None:
@@ -362,6 +367,7 @@ VOICEMAIL = Feed(
     key=lambda item: item.message.id,
     time=_message_time,
     build=voicemail_received,
+    page_size=200_000,  # the fetch returns the whole listing whatever the limit: never "full"
     operations=("getVoiceMailMessages", "getUsers"),
     unavailable=("duration_seconds",),  # the listing gives no length; the audio does
 )
