@@ -1,5 +1,9 @@
 """A Fonema simulator: users, ReachMe, numbers, presence, calls with recordings (real FLAC),
-voicemail, ring groups and their settings, sounds; sessions by bearer token."""
+voicemail, ring groups and their settings, sounds; sessions by bearer token.
+
+It lives: every activity tick (``activity_interval``, or ``POST /_sim/tick`` on demand) the
+session user's call starts or ends (an ended call joins the history, in one of the documented
+outcomes, recorded or not), their presence changes, and now and then a voicemail arrives."""
 
 from __future__ import annotations
 
