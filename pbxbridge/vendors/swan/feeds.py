@@ -348,7 +348,7 @@ REGISTRATIONS = StateFeed(
     fetch=fetch_registrations,
     build=registration_event,
     operations=("listBlfUsers", "getWebPhoneUsername"),
-    unavailable=("contact",),  # the reply names the terminal (a MAC), not where it registered from
+    unavailable=("contact", "user_agent"),  # the reply names the terminal (a MAC), not where or what registered
 )
 
 FEEDS = [LAST_CALLS, CURRENT_CALLS, USER_STATUS, QUEUES, REGISTRATIONS]
