@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
+import nats.protocol.parser
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js.api import ConsumerConfig
@@ -23,6 +25,22 @@ log = logging.getLogger("pbxbridge.commander")
 CONSUMER = "commander"
 
 
+def read_any_subject() -> None:
+    """Let nats-py read every subject the server delivers.
+
+    The NATS protocol separates a message line's fields by spaces and tabs only, and the server
+    accepts a subject with a vertical tab or form feed in it; nats-py matches the line with
+    ``\\s``, which also splits there. Such a message then never parses: with a small body the
+    connection drops and the message comes back to do it again, with a large one the reader waits
+    forever. Anyone can publish on a command subject, so the commander reads lines the way the
+    protocol writes them, and rejects the subject itself with a dead letter."""
+    field, gap = rb"([^ \t\r\n]+)", rb"[ \t]+"
+    nats.protocol.parser.MSG_RE = re.compile(
+        rb"\AMSG" + gap + field + gap + field + gap + rb"(" + field + gap + rb")?(\d+)\r\n")
+    nats.protocol.parser.HMSG_RE = re.compile(
+        rb"\AHMSG" + gap + field + gap + field + gap + rb"(" + field + gap + rb")?(\d+)" + gap + rb"(\d+)\r\n")
+
+
 async def raw_body(msg: NatsMessage) -> bytes:
     """FastStream's decoder would parse JSON before our handler runs, and a body it cannot parse
     (deep nesting, a 5,000-digit number, a bad body under ``content-type``) would never reach
@@ -32,6 +50,7 @@ async def raw_body(msg: NatsMessage) -> bytes:
 
 def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
     settings = config.settings
+    read_any_subject()
     broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
 
     @broker.subscriber(
