@@ -46,7 +46,7 @@ SECRET = "hunter2-fuzz-secret"  # must never appear in a result or a dead letter
 QUEUE = "ivr2:/5"
 COMMANDS = ["op.QueueManagement", "op.GetQueueRealTime", "op.GetSmsIncomingLog", "op.NoSuchThing", "op.Login",
             "agent.status.set", "call.originate", "call.hangup", "call.teleport"]
-BAD_TOKENS = ["acmé", "a:b", "a@b", "ünï", "$sys", "a/b", "a+b", "ac\u200bme", "😀", "a,b", "a#b"]
+BAD_TOKENS = ["acmé", "a:b", "a@b", "ünï", "$sys", "a/b", "a+b", "ac\u200bme", "😀", "a,b", "a#b", "a\x0bb", "a\x0cb"]
 GOOD_PARAMS = [{"action": "pause", "queuePath": QUEUE, "agent": "101"}, {"queuePath": QUEUE}, {},
                {"agent": "101", "status": "paused", "queue": QUEUE}, {"from": "101", "to": "+972527654321"}]
 
