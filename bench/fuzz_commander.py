@@ -44,6 +44,7 @@ T = TypeVar("T")
 
 SECRET = "hunter2-fuzz-secret"  # must never appear in a result or a dead letter
 QUEUE = "ivr2:/5"
+UNSAFE = {"op.QueueManagement", "agent.status.set"}  # Yemot commands that end in QueueManagement, not retry-safe
 COMMANDS = ["op.QueueManagement", "op.GetQueueRealTime", "op.GetSmsIncomingLog", "op.NoSuchThing", "op.Login",
             "agent.status.set", "call.originate", "call.hangup", "call.teleport"]
 BAD_TOKENS = ["acmé", "a:b", "a@b", "ünï", "$sys", "a/b", "a+b", "ac\u200bme", "😀", "a,b", "a#b", "a\x0bb", "a\x0cb"]
@@ -279,6 +280,14 @@ class Outcomes:
             await asyncio.sleep(0.1)
         return missing
 
+    def vendor_outcomes(self, commands: set[str]) -> int:
+        """Commands among ``commands`` whose result says the vendor was reached: for an operation
+        not safe to repeat, each is exactly one vendor call (more calls: a double execution)."""
+        def reached(r: dict) -> bool:
+            return r["command"] in commands and (
+                r["status"] == "succeeded" or (r["status"] == "failed" and bool((r.get("error") or {}).get("vendor"))))
+        return sum(1 for found in self.results.values() if any(reached(r) for r in found))
+
     def double_results(self) -> int:
         """Command ids with more than one distinct result on the stream (must be 0)."""
         return sum(1 for found in self.results.values() if len({json.dumps(r, sort_keys=True) for r in found}) > 1)
@@ -365,6 +374,9 @@ async def bench(count: int, seed: int) -> int:
             print(f"with neither a result nor a dead letter: {len(missing)}")
             print(f"command ids with two different results: {outcomes.double_results()}; "
                   f"secret leaks: {outcomes.leaks}; unreadable results or dead letters: {outcomes.unreadable}")
+            unsafe_calls = sum(1 for op, _ in sim.requests if op == "QueueManagement")
+            print(f"QueueManagement calls answered by the vendor: {unsafe_calls}; commands that reached it: "
+                  f"{outcomes.vendor_outcomes(UNSAFE)}; double executions: {unsafe_calls - outcomes.vendor_outcomes(UNSAFE)}")
             print(f"commander still working: {last.status}")
             print(f"commander RSS: before {before / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, after {after / 1024:.1f} MiB")
             clean = not (missing or outcomes.leaks or outcomes.unreadable or outcomes.double_results())

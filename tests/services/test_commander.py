@@ -155,13 +155,29 @@ async def test_rate_limit_waits_for_retry_after(rig: Rig) -> None:
 
 
 async def test_retries_end_in_failure_after_max_deliver(settings: Settings, bus: Bus) -> None:
-    """A vendor that never recovers: the command fails after command_max_deliver attempts."""
+    """A vendor that never recovers: the command fails after command_max_deliver attempts, with a
+    dead letter."""
     settings.command_backoff, settings.command_max_deliver = 0.05, 3
     async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
         sim.faults.error_rate = 1.0
         result = await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})
     assert result.status == "failed" and result.error["kind"] == "transient"
     assert [o for _, o in sim.requests].count("fault:503") == 3
+    letters = await rig.dead_letters()
+    assert [d["command_id"] for d in letters] == [result.command_id] and "gave up" in letters[0]["reason"]
+
+
+async def test_last_allowed_delivery_concludes(settings: Settings, bus: Bus) -> None:
+    """With attempts to spare but no deliveries left, the last delivery still ends the command:
+    a result and a dead letter, never a message left in the stream."""
+    settings.command_backoff, settings.command_max_deliver, settings.command_max_deliveries = 0.05, 5, 2
+    async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
+        sim.faults.error_rate = 1.0
+        result = await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})
+        await wait_for(lambda: _stream_empty(bus), what="the command to be acked")
+    assert result.status == "failed" and result.attempts == 2
+    assert [o for _, o in sim.requests].count("fault:503") == 2
+    assert [d["command_id"] for d in await rig.dead_letters()] == [result.command_id]
 
 
 async def test_timeout_of_an_unsafe_operation_is_not_retried(settings: Settings, bus: Bus) -> None:

@@ -13,7 +13,7 @@ from typing import TypeVar
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings, strategies as st
 
-from bench.fuzz_commander import Fuzzed, Outcomes, fuzzed_message, publish
+from bench.fuzz_commander import UNSAFE, Fuzzed, Outcomes, fuzzed_message, publish
 from pbxbridge.bus import Bus
 from pbxbridge.config import Settings
 from support import CountingYemot, Rig, running_commander
@@ -65,7 +65,8 @@ async def test_every_fuzzed_message_ends_with_a_result_or_a_dead_letter(
     fuzz_rig: tuple[Rig, Outcomes], data: st.DataObject,
 ) -> None:
     """A batch of fuzzed messages: each one answered (result or dead letter), none twice with
-    different results, no secret in any of them, and a good command still succeeds after."""
+    different results, no secret in any of them, one QueueManagement call per command that reached
+    it (not safe to repeat), and a good command still succeeds after."""
     rig, outcomes = fuzz_rig
     chooser = HypothesisChooser(data)
     batch: list[Fuzzed] = []
@@ -78,3 +79,5 @@ async def test_every_fuzzed_message_ends_with_a_result_or_a_dead_letter(
     assert outcomes.double_results() == 0
     assert outcomes.leaks == 0 and outcomes.unreadable == 0
     assert (await rig.send("op.GetQueueRealTime", {"queuePath": "ivr2:/5"}, timeout=20)).status == "succeeded"
+    double_executions = rig.sim.arrived("QueueManagement") - outcomes.vendor_outcomes(UNSAFE)
+    assert double_executions == 0, "a command not safe to repeat reached the vendor twice (or without a result)"
