@@ -21,7 +21,8 @@ For each delivery, in order:
    - otherwise the vendor is called under the deadline: if it passes while the call waits for
      the account's slot, rate limiter or login, the vendor was not reached and it ends ``expired``;
 6. a transient failure releases the claim as ``retrying`` and asks for a delayed NAK (the
-   vendor's ``Retry-After`` or an exponential backoff), until ``command_max_deliver`` attempts.
+   vendor's ``Retry-After`` or an exponential backoff), until ``command_max_deliver`` attempts
+   or ``command_max_deliveries`` deliveries; then the command ends ``failed`` with a dead letter.
    A timeout means the vendor may have acted: only a retry-safe operation is retried; any other
    ends ``failed`` with ``outcome_unknown`` and ``retryable: false``.
 
