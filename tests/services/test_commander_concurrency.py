@@ -6,7 +6,6 @@ where they arrive at the simulator, and results where they land: on the results 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
