@@ -11,22 +11,27 @@ import logging
 import signal
 import sys
 import tempfile
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from enum import Enum
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from pbxbridge import catalog
-from pbxbridge.config import ConfigError, Settings, load_config
+from pbxbridge.config import ConfigError, Settings, load_config, load_settings, masked_url
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = logging.getLogger("pbxbridge")
 
 SERVICES = ("poller", "commander", "recordings")
-DEFAULT_URL = "nats://127.0.0.1:4222"
+DEMO_HINT = "for a local try-out run `pbxbridge demo` in another terminal and set the PBX_NATS_URL it prints"
 
 
 class Service(str, Enum):
@@ -70,9 +75,34 @@ async def run_services(names: list[str], config, bus, stop: asyncio.Event) -> No
             raise t.exception()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(message, fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _show_version(asked: bool) -> None:
+    if asked:
+        try:
+            typer.echo(f"pbxbridge {version('pbxbridge')}")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            typer.echo("pbxbridge (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool, typer.Option("--version", help="print the version and exit", callback=_show_version, is_eager=True)
+    ] = False,
+) -> None:
+    pass
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -100,7 +130,7 @@ def run(
         stop = asyncio.Event()
         _stop_on_signals(stop)
         async with open_bus(cfg.settings, name=f"pbxbridge-{service.value}") as bus:
-            log.info("running %s on %s for %d account(s)", ", ".join(names), bus.url, len(cfg.accounts))
+            log.info("running %s on %s for %d account(s)", ", ".join(names), bus.display_url, len(cfg.accounts))
             await run_services(names, cfg, bus, stop)
 
     asyncio.run(main())
@@ -113,6 +143,7 @@ def demo(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Embedded NATS + simulated vendors + all workers, printing events and results as they flow."""
+    _settings()  # a bad PBX_* variable stops here with one line
     _logging(verbose)
     if not verbose:
         logging.getLogger("pbxbridge").setLevel(logging.WARNING)
@@ -126,8 +157,40 @@ def demo(
             pass
 
 
-def _nats_url(settings: Settings) -> str:
-    return settings.nats_url or DEFAULT_URL
+def client_url(settings: Settings) -> str:
+    """Where ``send`` and ``tail`` connect: ``PBX_NATS_URL``, else the embedded server's default port."""
+    return settings.nats_url or f"nats://127.0.0.1:{settings.embedded_port or 4222}"
+
+
+def _refuse_session_operation(vendor: str, command: str) -> None:
+    """Logins are plumbing the clients run themselves: the commander refuses them, so say so now."""
+    from pbxbridge.vendors import get_vendor
+
+    if not command.startswith("op."):
+        return
+    try:
+        op = get_vendor(vendor).operations.get(command.removeprefix("op."))
+    except KeyError:  # a vendor this installation does not know: the commander answers
+        return
+    if op is not None and not op.exposed:
+        _fail(f"{command} is {vendor}'s session login, which pbxbridge runs itself; it is not a command")
+
+
+async def _connect(settings: Settings, name: str, timeout: float) -> NatsClient:
+    """A NATS connection for a one-shot command, or one line saying which URL did not answer."""
+    from pbxbridge.bus import BusUnreachable, connect_nats
+
+    try:
+        return await connect_nats(client_url(settings), name=name, timeout=timeout)
+    except BusUnreachable as exc:
+        _fail(f"{exc}; {DEMO_HINT}")
+
+
+def _no_bridge(settings: Settings, exc: Exception) -> NoReturn:
+    _fail(
+        f"{exc} ({masked_url(client_url(settings))}): start pbxbridge's workers against it "
+        f"(`pbxbridge run`), or check PBX_NATS_URL and PBX_PREFIX; {DEMO_HINT}"
+    )
 
 
 @app.command()
@@ -136,32 +199,32 @@ def send(
     params: Annotated[str, typer.Argument(help="the command's parameters, JSON")] = "{}",
     command_id: Annotated[Optional[str], typer.Option("--id", help="idempotency key (default: random)")] = None,
     deadline: Annotated[Optional[float], typer.Option(help="seconds from now after which it must not run")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the result")] = 30.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to connect and get the result, in all")] = 30.0,
 ) -> None:
     """Publish a command, wait for its result, print it; exit 0 only if it succeeded."""
-    settings = Settings()
+    settings = _settings()
     try:
         body = json.loads(params)
     except json.JSONDecodeError as exc:
         _fail(f"params is not JSON: {exc}")
     from pbxbridge.bus.subjects import Subjects
+    from pbxbridge.sdk import BridgeNotFound, send_command
 
     subjects = Subjects(settings.prefix)
     try:
         vendor, account, command = subjects.parse_command(subject)
     except ValueError as exc:
         _fail(str(exc))
+    _refuse_session_operation(vendor, command)
 
     async def main() -> int:
-        from pbxbridge.bus import connect_nats
-        from pbxbridge.sdk import send_command
-
-        nc = await connect_nats(_nats_url(settings), name="pbxbridge-send")
+        give_up = time.monotonic() + timeout
+        nc = await _connect(settings, "pbxbridge-send", timeout)
         try:
             when = datetime.now(timezone.utc) + timedelta(seconds=deadline) if deadline else None
             result = await send_command(
                 nc, subjects, vendor, account, command, body,
-                command_id=command_id or str(uuid.uuid4()), deadline=when, timeout=timeout,
+                command_id=command_id or str(uuid.uuid4()), deadline=when, timeout=max(give_up - time.monotonic(), 0.1),
             )
         finally:
             await nc.close()
@@ -171,7 +234,9 @@ def send(
     try:
         code = asyncio.run(main())
     except TimeoutError:
-        _fail(f"no result within {timeout}s: is a commander running on {_nats_url(settings)}?")
+        _fail(f"no result within {timeout:g}s: is a commander running on {masked_url(client_url(settings))}?")
+    except BridgeNotFound as exc:
+        _no_bridge(settings, exc)
     raise typer.Exit(code)
 
 
@@ -180,21 +245,22 @@ def tail(
     subject_filter: Annotated[str, typer.Argument(help="subject filter under the events, e.g. 'yemot.>'")] = ">",
     results: Annotated[bool, typer.Option(help="tail results instead of events")] = False,
     since_start: Annotated[bool, typer.Option("--all", help="from the stream's start, not just new ones")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the connection")] = 10.0,
 ) -> None:
     """Print events (or results) readably as they arrive."""
-    settings = Settings()
+    settings = _settings()
     from pbxbridge.bus.subjects import Subjects
+    from pbxbridge.sdk import BridgeNotFound
 
     subjects = Subjects(settings.prefix)
     kind = "results" if results else "events"
     full = f"{subjects.prefix}.{kind}.{subject_filter}"
 
     async def main() -> None:
-        from pbxbridge.bus import connect_nats
         from pbxbridge.demo import describe
         from pbxbridge.sdk import iter_events
 
-        nc = await connect_nats(_nats_url(settings), name="pbxbridge-tail")
+        nc = await _connect(settings, "pbxbridge-tail", timeout)
         stop = asyncio.Event()
         _stop_on_signals(stop)
         try:
@@ -203,7 +269,10 @@ def tail(
         finally:
             await nc.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except BridgeNotFound as exc:
+        _no_bridge(settings, exc)
 
 
 @app.command()
@@ -223,6 +292,8 @@ def simulate(
 ) -> None:
     """Run one vendor simulator: a real HTTP server implementing every declared operation."""
     _logging(False)
+    from pydantic import ValidationError
+
     from pbxbridge.vendors import load
     from pbxbridge.vendors.simulator import Faults
 
@@ -230,14 +301,24 @@ def simulate(
         module = load(vendor)
     except KeyError as exc:
         _fail(str(exc.args[0]))
-    faults = Faults(
-        error_rate=error_rate, rate_limit_rate=rate_limit_rate, retry_after=retry_after, timeout_rate=timeout_rate,
-        hang_seconds=hang_seconds, malformed_rate=malformed_rate, latency=latency, token_ttl=token_ttl,
-    )
+    if not 0 <= port <= 65535:
+        _fail(f"--port: {port} is not a TCP port (0..65535; 0 picks a free one)")
+    try:
+        faults = Faults(
+            error_rate=error_rate, rate_limit_rate=rate_limit_rate, retry_after=retry_after, timeout_rate=timeout_rate,
+            hang_seconds=hang_seconds, malformed_rate=malformed_rate, latency=latency, token_ttl=token_ttl,
+        )
+    except ValidationError as exc:
+        # The flags are the Faults fields under their command-line names.
+        _fail("; ".join(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}" for err in exc.errors()))
 
     async def main() -> None:
         sim = module.Simulator(faults=faults, activity=activity)
-        url = await sim.start(host, port)
+        try:
+            url = await sim.start(host, port)
+        except OSError as exc:
+            await sim.stop()
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         username, creds = sim.account_credentials()
         typer.echo(f"{vendor} simulator on {url}")
         # These are the simulator's fixed development credentials, not anyone's secrets.
@@ -257,14 +338,18 @@ def simulate(
 
 @app.command()
 def operations(as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False) -> None:
-    """Every declared vendor operation."""
+    """Every vendor operation you can send as a command (``--json``: every declared one, with ``exposed``)."""
     ops = catalog.operations()
     if as_json:
         typer.echo(json.dumps(ops, indent=2, ensure_ascii=False))
         return
-    for op in ops:
-        typer.echo(f"{op['vendor']:9} {op['http_method']:6} {op['name']:32} {op['path']}")
-    typer.echo(f"{len(ops)} operations")
+    commands = [op for op in ops if op["exposed"]]
+    for op in commands:
+        typer.echo(f"{op['vendor']:9} {op['command']:35} {op['http_method']:6} {op['path']}")
+    summary = f"{len(commands)} commands"
+    if sessions := [f"{op['vendor']} {op['name']}" for op in ops if not op["exposed"]]:
+        summary += f"; not commands (session logins pbxbridge runs itself): {', '.join(sessions)}"
+    typer.echo(summary)
 
 
 @app.command()

@@ -7,14 +7,71 @@ A literal secret in the file is refused, so a config file can be committed and s
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+import phonenumbers
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pbxbridge.redact import MASK, register_secrets
+
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+# The archive codecs services/recordings/convert.py can write (a test keeps the two in step).
+RecordingFormat = Literal["opus", "mp3", "flac", "wav"]
+RECORDING_FORMATS: tuple[str, ...] = get_args(RecordingFormat)
+
+NATS_SCHEMES = ("nats", "tls", "ws", "wss")
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@")
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit to print: the password (or token) in its user info replaced by ``***``.
+
+    Covers every URL in the text, so a comma-separated server list is masked too."""
+
+    def mask(match: re.Match[str]) -> str:
+        user, has_password, _ = match["userinfo"].partition(":")
+        return f"{match['scheme']}{user}:{MASK}@" if has_password else f"{match['scheme']}{MASK}@"
+
+    return _URL_USERINFO.sub(mask, url)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets in ``url``'s user info: the password of ``user:password@``, or a bare token."""
+    secrets = []
+    for match in _URL_USERINFO.finditer(url):
+        user, has_password, password = match["userinfo"].partition(":")
+        secrets.append(password if has_password else user)
+    return [s for s in secrets if s]
+
+
+def _require_http(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return url
+
+
+HttpUrlText = Annotated[str, AfterValidator(_require_http)]
+HeaderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")]
 
 
 class ConfigError(Exception):
@@ -44,15 +101,84 @@ class CredentialRef(BaseModel):
 
 
 class AccountOptions(BaseModel):
+    """Options every account has. A vendor's own options (see ``vendor_option_fields``) are kept
+    as extras, which its code reads from ``model_extra``; the config file refuses any other name."""
+
     model_config = ConfigDict(extra="allow")
     phone_region: str = Field("US", description="default region for numbers without a country code")
     timeout: float = Field(10.0, gt=0, description="seconds per vendor HTTP call")
     rate_per_second: float = Field(10.0, gt=0, description="vendor calls per second, per account")
     max_concurrency: int = Field(4, ge=1, description="vendor calls in flight, per account")
-    max_reply_bytes: int = Field(16 * 2**20, ge=1024, description="largest vendor reply read, after decompression")
+    # Room for a feed's largest page (200,000 log rows are ~23 MB) while still stopping a gzip bomb.
+    max_reply_bytes: int = Field(64 * 2**20, ge=1024, description="largest vendor reply read, after decompression")
     max_download_bytes: int = Field(2**30, ge=1024, description="largest recording file fetched")
     poll_interval: float = Field(5.0, gt=0, description="seconds between polls of one feed")
     feeds: list[str] | None = Field(None, description="feeds to poll; default: all the vendor has")
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, v: str) -> str:
+        region = v.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"unknown region {v!r}; use a two-letter ISO code such as US, IL, ES, UY")
+        return region
+
+
+# A vendor's own account options, as ``name: (type, default)`` for ``pydantic.create_model``.
+def vendor_option_fields(vendor: str) -> dict[str, tuple[Any, Any]]:
+    """The options ``vendor`` accepts beyond the common ``AccountOptions``."""
+    from pbxbridge.vendors import load
+
+    # Declared by the vendor package as ``ACCOUNT_OPTIONS``: name -> (type, default).
+    return dict(getattr(load(vendor), "ACCOUNT_OPTIONS", {}))
+
+
+def _feed_names(vendor: str) -> set[str]:
+    from pbxbridge.feeds import feeds_of
+
+    return {name for feed in feeds_of(vendor) for name in (feed.name, feed.event.event)}
+
+
+class _StrictOptions(AccountOptions):
+    model_config = ConfigDict(extra="forbid")
+
+
+@cache
+def vendor_options_model(vendor: str) -> type[AccountOptions]:
+    """The options an account of ``vendor`` may set, every one checked, no other name allowed."""
+    known_feeds = _feed_names(vendor)
+
+    def known_feeds_only(names: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(names or ()) - known_feeds)
+        if unknown:
+            raise ValueError(
+                f"no such feed(s) {', '.join(unknown)}; {vendor} has: {', '.join(sorted(known_feeds)) or 'none'}"
+            )
+        return names
+
+    return create_model(
+        f"{vendor.title()}Options",
+        __base__=_StrictOptions,
+        __validators__={"_known_feeds": field_validator("feeds")(known_feeds_only)},
+        **vendor_option_fields(vendor),
+    )
+
+
+def _refuse_unknown_options(model: type[BaseModel], options: dict[str, Any]) -> None:
+    unknown = [name for name in options if name not in model.model_fields]
+    if unknown:
+        known = ", ".join(model.model_fields)
+        raise ValidationError.from_exception_data(
+            model.__name__,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("unknown_option", "unknown option; known: {known}", {"known": known}),
+                    loc=(name,),
+                    input=options[name],
+                )
+                for name in unknown
+            ],
+        )
 
 
 class AccountConfig(BaseModel):
@@ -78,9 +204,19 @@ class AccountConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        _require_http(v)
         return v if v.endswith("/") else v + "/"
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _vendor_options(cls, v: Any, info: ValidationInfo) -> Any:
+        vendor = info.data.get("vendor")
+        if vendor is None or not isinstance(v, dict):  # an unknown vendor is reported on its own field
+            return v
+        model = vendor_options_model(vendor)
+        _refuse_unknown_options(model, v)
+        # Back to the common model: vendor code reads its own options from ``model_extra``.
+        return AccountOptions.model_validate(model.model_validate(v).model_dump(exclude_unset=True))
 
     @field_validator("credentials", mode="before")
     @classmethod
@@ -131,7 +267,8 @@ class ConfigFile(BaseModel):
 class Settings(BaseSettings):
     """Deployment settings, from ``PBX_*`` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="PBX_", extra="ignore")
+    # hide_input_in_errors: a rejected PBX_NATS_URL may hold a password.
+    model_config = SettingsConfigDict(env_prefix="PBX_", extra="ignore", hide_input_in_errors=True)
     nats_url: str | None = Field(None, description="join this NATS cluster; unset: start an embedded nats-server")
     embedded_port: int = Field(4222, ge=0, description="embedded nats-server port; a free one if taken")
     prefix: str = Field("pbx", pattern=r"^[A-Za-z0-9_-]+$")
@@ -142,8 +279,17 @@ class Settings(BaseSettings):
     results_max_age: float = Field(7 * 86400, gt=0)
     duplicate_window: float = Field(120, gt=0, description="JetStream dedupe window, seconds")
     lease_ttl: float = Field(15, gt=0, description="seconds a poller replica holds a feed")
-    recording_format: str = Field("opus", description="archive codec: opus, mp3, flac, wav")
+    recording_format: RecordingFormat = Field("opus", description="archive codec: " + ", ".join(RECORDING_FORMATS))
     recording_max_wait: float = Field(3600, gt=0, description="seconds to keep asking for a recording still processing")
+    recording_max_deliver: int = Field(
+        200, ge=2, description="deliveries of one recording job (room for recording_max_wait) before it ends failed"
+    )
+    recording_ack_wait: float = Field(
+        60, gt=0, description="seconds a recordings worker may go silent before its job is handed to another"
+    )
+    recording_claim_ttl: float = Field(
+        30, gt=0, description="seconds an archive name stays claimed by a worker that stopped renewing it"
+    )
     command_max_deliver: int = Field(6, ge=1, description="vendor attempts per command before it fails")
     command_backoff: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles per attempt")
     command_backoff_max: float = Field(60.0, gt=0, description="longest retry delay, seconds")
@@ -153,6 +299,31 @@ class Settings(BaseSettings):
     command_busy_delay: float = Field(0.5, gt=0, description="seconds before a command for a busy account is offered again")
     command_max_deliveries: int = Field(1000, ge=2, description="deliveries of one message (waits included); the last concludes")
     instance: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():  # PBX_NATS_URL= (empty) means unset, as it always has
+            return None
+        v = v.strip()
+        parts = urlsplit(v)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in NATS_SCHEMES or not parts.hostname or not port_ok:
+            raise ValueError(f"must look like nats://host:4222 (schemes: {', '.join(NATS_SCHEMES)})")
+        # Whoever prints it from now on (nats-py, FastStream, an exception) logs it masked.
+        register_secrets(url_secrets(v))
+        return v
+
+    @property
+    def display_nats_url(self) -> str | None:
+        return masked_url(self.nats_url) if self.nats_url else None
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (self.display_nats_url if name == "nats_url" else value)
 
 
 class Config(BaseModel):
@@ -173,11 +344,19 @@ def _field_path(loc: tuple) -> str:
     return out
 
 
-def format_validation_error(exc: ValidationError, source: str = "") -> str:
-    lines = [f"{source}: invalid configuration" if source else "invalid configuration"]
+def format_validation_error(exc: ValidationError, source: str = "", *, env_prefix: str | None = None) -> str:
+    """Each error on its own line with its field path; a single error on one line.
+
+    With ``env_prefix`` the fields are named as their environment variables (``PBX_NATS_URL``)."""
+    problems = []
     for err in exc.errors():
-        lines.append(f"  {_field_path(err['loc'])}: {err['msg']}")
-    return "\n".join(lines)
+        where = f"{env_prefix}{str(err['loc'][0]).upper()}" if env_prefix is not None else _field_path(err["loc"])
+        message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks
+        problems.append(f"{where}: {message}")
+    head = f"{source}: invalid configuration" if source else "invalid configuration"
+    if len(problems) == 1:
+        return f"{head}: {problems[0]}"
+    return "\n".join([head, *(f"  {p}" for p in problems)])
 
 
 def resolve_accounts(file: ConfigFile, environ: dict[str, str]) -> list[Account]:
@@ -203,13 +382,18 @@ def parse_config(data: dict[str, Any], *, settings: Settings, environ: dict[str,
     return Config(settings=settings, accounts=resolve_accounts(file, dict(os.environ) if environ is None else environ))
 
 
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from ``PBX_*`` variables (``environ``, default the process's); ``ConfigError`` names the bad one."""
+    try:
+        return Settings(_env_file=None, **({} if environ is None else _settings_from(environ)))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, "environment", env_prefix="PBX_")) from None
+
+
 def load_config(path: Path | None = None, *, environ: dict[str, str] | None = None) -> Config:
     """Settings from the environment, accounts from ``path`` (or ``PBX_CONFIG``)."""
     env = dict(os.environ) if environ is None else environ
-    try:
-        settings = Settings(_env_file=None, **({} if environ is None else _settings_from(env)))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, "environment (PBX_*)")) from None
+    settings = load_settings(environ)
     path = path or settings.config
     if path is None:
         return Config(settings=settings, accounts=[])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pbxbridge.bus.envelope import CloudEvent
-from pbxbridge.config import Config, Settings
+from pbxbridge.config import Config, Settings, load_settings, masked_url
 from pbxbridge.vendors import load, vendor_names
 
 _HIDDEN = {"vendor", "account", "key", "original", "occurred_at"}
@@ -60,9 +60,21 @@ def _demo_commands(sims: dict[str, Any]) -> list[tuple[str, str, Callable[[], di
     return commands
 
 
+def _try_it_lines(url: str, reached: str, prefix: str, sims: dict[str, Any]) -> list[str]:
+    """How to reach this demo from another terminal, where ``tail`` and ``send`` would reach
+    ``reached``: the exact PBX_NATS_URL to set when that is not the demo (port 4222 was taken)."""
+    lines = ["  in another terminal:"]
+    if url != reached:
+        lines.append(f"    export PBX_NATS_URL={url}    # without it, tail and send go to {masked_url(reached)}")
+    lines.append("    pbxbridge tail")
+    if "yemot" in sims:
+        lines.append(f"    pbxbridge send {prefix}.commands.yemot.demo.op.GetQueueRealTime '{{\"queuePath\": \"ivr2:/5\"}}'")
+    return lines
+
+
 async def run_demo(data_dir: Path, *, duration: float | None, out: Callable[[str], Any]) -> None:
     from pbxbridge.bus import open_bus
-    from pbxbridge.cli import SERVICES, run_services
+    from pbxbridge.cli import SERVICES, client_url, run_services
     from pbxbridge.sdk import send_command
 
     sims: dict[str, Any] = {}
@@ -76,8 +88,9 @@ async def run_demo(data_dir: Path, *, duration: float | None, out: Callable[[str
         settings = Settings(_env_file=None, nats_url=None, data_dir=data_dir)
         config = Config(settings=settings, accounts=accounts)
         async with open_bus(settings, name="pbxbridge-demo") as bus:
-            out(f"pbxbridge demo: embedded NATS on {bus.url}; simulated vendors: {', '.join(sims)}")
-            out(f"  in another terminal: PBX_NATS_URL={bus.url} pbxbridge tail   |   pbxbridge send <subject> '<json>'")
+            out(f"pbxbridge demo: embedded NATS on {bus.display_url}; simulated vendors: {', '.join(sims)}")
+            for line in _try_it_lines(bus.display_url, client_url(load_settings()), settings.prefix, sims):
+                out(line)
             out("  Ctrl-C to stop.\n")
 
             async def show(msg) -> None:

@@ -2,8 +2,10 @@
 
 A vendor writes one ``Feed`` per kind of record in ``pbxbridge/vendors/<vendor>/feeds.py``;
 nothing in ``services/`` names a vendor. The declaration says how to fetch a page of
-records newer than a point in time, what identifies a record (its natural key), when it
-happened, and how to build the event data from it. The poller does the rest.
+records newer than a point in time, how to parse one record, what identifies a record (its
+natural key), when it happened, and how to build the event data from it. The poller does the
+rest: it parses a page record by record, yielding to the event loop, and dead-letters a record
+the model refuses instead of failing the whole page.
 """
 
 from __future__ import annotations
@@ -38,22 +40,33 @@ class FetchWindow:
 class Feed(Generic[R]):
     """One kind of vendor record, declared once.
 
+    ``fetch`` returns the page's records as the vendor sent them (decoded JSON), ``parse``
+    validates one of them (raising pydantic's ``ValidationError``).
     ``build`` returns the event's own fields (everything but vendor, account, key and
     occurred_at, which the poller fills in from ``key`` and ``time``), including ``original``.
     """
 
     name: str  # stable: it is part of event ids, cursor and lease keys
     event: type[EventData]
-    fetch: Callable[["VendorClient", FetchWindow], Awaitable[Sequence[R]]]
+    fetch: Callable[["VendorClient", FetchWindow], Awaitable[Sequence[Any]]]
+    parse: Callable[[Any], R]
     key: Callable[[R], str]
-    time: Callable[[R], datetime]  # timezone-aware
+    # Timezone-aware. A local time repeated at a DST fall-back may come with fold=0: the poller
+    # settles the fold from the records' order of arrival.
+    time: Callable[[R], datetime]
     build: Callable[[R, "Account"], dict[str, Any]]
-    newest_first: bool = False  # the vendor lists the latest record first (a log)
+    newest_first: bool = False  # the vendor lists the latest record first (a log in arrival order)
     page_size: int = 1000  # first limit asked for; grows while pages come back full
     max_page: int = 200_000  # beyond this a backlog is taken newest-first, with a warning
     lookback: float = 120.0  # seconds before the cursor where late records are still accepted
     max_seen: int = 5000  # records remembered for the lookback (restarts beyond the dedupe window)
     backfill: float = 86400.0  # first start: publish records this many seconds old
+    recall: float = 2 * 86400.0  # seconds below the floor where a record never published is still noticed
+    interval: float | None = None  # default seconds between polls; the account's poll_interval otherwise
+    # For docs/events.md: the documented operations it reads, and the catalogue fields this
+    # vendor cannot fill (a test checks they stay null and the others get filled).
+    operations: tuple[str, ...] = ()
+    unavailable: tuple[str, ...] = ()
 
     def matches(self, names: Sequence[str] | None) -> bool:
         """An account's ``options.feeds`` may name the feed or the event it produces."""
@@ -66,3 +79,53 @@ def feeds_of(vendor: str) -> list[Feed]:
 
     module = optional_module(vendor, "feeds")
     return list(getattr(module, "FEEDS", [])) if module is not None else []
+
+
+# ---- state feeds ---------------------------------------------------------------------------
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One entity as seen in a snapshot: who it is and the part of it whose change is news."""
+
+    entity: str  # stable identity: extension, agent, queue, call id...
+    state: dict[str, Any]  # JSON-able; a different value at the next look is a change
+    original: Any  # the vendor's record, unchanged, for the event's ``original``
+
+
+@dataclass(frozen=True)
+class EntityChange:
+    """What a state feed's ``build`` is told: an entity appeared, changed or disappeared."""
+
+    entity: str
+    change: str  # appeared | changed | disappeared
+    sequence: int  # this entity's change counter (kept with the snapshot)
+    before: dict[str, Any] | None  # the state at the last look; None when it appeared
+    after: dict[str, Any] | None  # the state now; None when it disappeared
+    original: Any  # the vendor's record now (the last one seen, when it disappeared)
+
+
+@dataclass(frozen=True)
+class StateFeed:
+    """Vendor state that the vendor shows only as *now* (registrations, presence, queues,
+    calls in progress), declared once.
+
+    The poller fetches the whole snapshot, compares it with the previous one kept in KV and
+    publishes one event per entity that appeared, changed or disappeared; the first look
+    publishes every entity as ``appeared``. ``build`` turns a change into (event type, the
+    event's own fields), or None when the change is not news for this feed (a call that
+    merely changed state inside a ``call.started``/``call.ended`` feed, say).
+    """
+
+    name: str  # stable: part of event ids, snapshot and lease keys
+    events: tuple[type[EventData], ...]  # every event type ``build`` may return
+    fetch: Callable[["VendorClient", "Account"], Awaitable[Sequence[Observation]]]
+    build: Callable[[EntityChange, "Account"], tuple[type[EventData], dict[str, Any]] | None]
+    interval: float | None = None  # default seconds between polls; the account's poll_interval otherwise
+    operations: tuple[str, ...] = ()  # as for Feed
+    unavailable: tuple[str, ...] = ()
+
+    def matches(self, names: Sequence[str] | None) -> bool:
+        return names is None or self.name in names or any(e.event in names for e in self.events)

@@ -1,34 +1,78 @@
-"""Secrets never reach a log line: every secret the process learns is registered here, and a
-logging filter masks them in every record, whoever logs it (httpx logs full URLs, and Yemot's
-token travels in the query string)."""
+"""Secrets never reach a log line, an error, a result or a dead letter.
+
+Two kinds of secret are registered here: an account's static credentials (for the process's
+life) and live session tokens (while some client holds them: a token replaced after a re-login
+is forgotten, so the set stays as small as the number of live sessions). ``redact`` masks them
+in any text; every ``VendorError`` runs its message through it, and a logging record factory
+masks every log record, whoever logs it (httpx logs full URLs, and Yemot's token travels in the
+query string)."""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Iterable
 
 MASK = "***"
-_secrets: set[str] = set()
+# Very short values would mask innocent text everywhere; no real credential is that short.
+_MIN_LENGTH = 4
+
+_static: set[str] = set()
+_live: Counter[str] = Counter()  # token -> how many clients hold it
+_pattern: re.Pattern[str] | None = None
+
+
+def _usable(value: str | None) -> bool:
+    return bool(value) and len(value) >= _MIN_LENGTH  # type: ignore[arg-type]
+
+
+def _rebuild() -> None:
+    global _pattern
+    known = _static | set(_live)
+    # Longest first: a secret containing another is masked whole.
+    _pattern = re.compile("|".join(re.escape(s) for s in sorted(known, key=len, reverse=True))) if known else None
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
-    for v in values:
-        # Very short values would mask innocent text everywhere; no real credential is that short.
-        if v and len(v) >= 4:
-            _secrets.add(v)
+    """Static credentials (passwords, API keys, fixed tokens): masked for the process's life."""
+    new = {v for v in values if _usable(v)} - _static
+    if new:
+        _static.update(new)
+        _rebuild()
+
+
+def hold_token(token: str | None) -> None:
+    """A client started using a session token: mask it until every holder has released it."""
+    if _usable(token):
+        _live[token] += 1  # type: ignore[index]
+        if _live[token] == 1:  # type: ignore[index]
+            _rebuild()
+
+
+def release_token(token: str | None) -> None:
+    """A client stopped using a session token (replaced after a re-login, or closed)."""
+    if not _usable(token) or token not in _live:
+        return
+    _live[token] -= 1
+    if _live[token] <= 0:
+        del _live[token]
+        _rebuild()
+
+
+def live_token_count() -> int:
+    return len(_live)
 
 
 def redact(text: str) -> str:
-    for s in sorted(_secrets, key=len, reverse=True):
-        if s in text:
-            text = text.replace(s, MASK)
-    return text
+    pattern = _pattern
+    return pattern.sub(MASK, text) if pattern is not None and text else text
 
 
 def _redacting_factory(base):
     def factory(*args, **kwargs):
         record = base(*args, **kwargs)
-        if _secrets:
+        if _pattern is not None:
             message = record.getMessage()
             clean = redact(message)
             if clean != message:

@@ -18,7 +18,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError
 from pbxbridge.bus.infra import Names
@@ -27,6 +29,17 @@ from pbxbridge.bus.subjects import Subjects
 from pbxbridge.commands import NEUTRAL_COMMANDS, Result
 
 COMMAND_SOURCE = "pbxbridge/sdk"
+
+# What nats-py raises when the server lacks the stream or bucket (or JetStream altogether).
+_NOT_THERE = (NotFoundError, NoStreamResponseError, ServiceUnavailableError, NoRespondersError)
+
+
+class BridgeNotFound(LookupError):
+    """The NATS server has no pbxbridge streams under this subject prefix: no worker ever ran there."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(f"no pbxbridge streams for prefix {prefix!r} on this NATS server")
+        self.prefix = prefix
 
 
 def command_event(
@@ -55,7 +68,8 @@ async def send_command(
     deadline: datetime | None = None,
     timeout: float = 30.0,
 ) -> Result:
-    """Publish a command and wait for its one result; raises ``TimeoutError`` after ``timeout``.
+    """Publish a command and wait for its one result; raises ``TimeoutError`` after ``timeout``,
+    ``BridgeNotFound`` if the server has no pbxbridge streams.
 
     A re-sent command id is dropped by JetStream's duplicate window, so besides listening on the
     result subject this reads the command ledger: either way the caller gets the same result."""
@@ -64,8 +78,11 @@ async def send_command(
     sub = await nc.subscribe(subjects.result(vendor, account, command))
     try:
         headers, body = event.to_nats()
-        await js.publish(subjects.command(vendor, account, command), body, headers=headers)
-        ledger = Ledger(await js.key_value(Names(subjects.prefix).ledger))
+        try:
+            await js.publish(subjects.command(vendor, account, command), body, headers=headers)
+            ledger = Ledger(await js.key_value(Names(subjects.prefix).ledger))
+        except _NOT_THERE:
+            raise BridgeNotFound(subjects.prefix) from None
         key = ledger_key(vendor, account, event.id)
         give_up = time.monotonic() + timeout
         while (left := give_up - time.monotonic()) > 0:
@@ -86,10 +103,14 @@ async def iter_events(
 ) -> AsyncIterator[tuple[str, CloudEvent]]:
     """Events (or results) on ``subject`` as (subject, CloudEvent), through an ordered consumer.
 
-    Messages that are not CloudEvents are skipped: a tail must not die on someone else's junk."""
+    Messages that are not CloudEvents are skipped: a tail must not die on someone else's junk.
+    Raises ``BridgeNotFound`` if no stream holds ``subject``."""
     js = nc.jetstream()
     policy = DeliverPolicy.ALL if from_start else DeliverPolicy.NEW
-    sub = await js.subscribe(subject, ordered_consumer=True, config=ConsumerConfig(deliver_policy=policy))
+    try:
+        sub = await js.subscribe(subject, ordered_consumer=True, config=ConsumerConfig(deliver_policy=policy))
+    except _NOT_THERE:
+        raise BridgeNotFound(subject.split(".", 1)[0]) from None
     stop = stop or asyncio.Event()
     try:
         while not stop.is_set():
@@ -106,4 +127,4 @@ async def iter_events(
             await sub.unsubscribe()
 
 
-__all__ = ["send_command", "iter_events", "command_event"]
+__all__ = ["send_command", "iter_events", "command_event", "BridgeNotFound"]

@@ -3,9 +3,9 @@
 A service is ``services/<name>/worker.py:serve(config, bus, stop)``. This module runs it:
 
 - the FastStream way, ``faststream run services.<name>.app:app``, where ``app.py`` is
-  ``app = faststream_app("<name>", serve)``: on start-up it loads the config from the
-  environment, opens the bus (the embedded nats-server when ``PBX_NATS_URL`` is unset) and
-  runs ``serve`` until FastStream shuts down;
+  ``app = faststream_app("<name>", serve)``: importing it loads the config from the
+  environment (a bad one stops there); on start-up it opens the bus (the embedded
+  nats-server when ``PBX_NATS_URL`` is unset) and runs ``serve`` until FastStream shuts down;
 - plainly, ``python -m services.<name> [config.toml]``, where ``__main__.py`` calls
   ``main("<name>", serve)``; SIGINT/SIGTERM stop it cleanly.
 """
@@ -25,12 +25,24 @@ from faststream.nats import NatsBroker
 
 from pbxbridge import telemetry
 from pbxbridge.bus import Bus, open_bus
-from pbxbridge.config import Config, load_config
+from pbxbridge.config import Config, ConfigError, load_config
 
 Serve = Callable[[Config, Bus, asyncio.Event], Awaitable[None]]
 
 
+def _config_or_exit(path: Path | None = None) -> Config:
+    """The configuration, or one line on stderr and exit 2: bad configuration stops start-up."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def faststream_app(name: str, serve: Serve) -> FastStream:
+    # Loaded now, as ``faststream run`` imports the app: a bad configuration stops it in one
+    # line, where a failing start-up hook would end in FastStream's traceback.
+    config = _config_or_exit()
     app = FastStream()
     exits = contextlib.AsyncExitStack()
     stop = asyncio.Event()
@@ -39,7 +51,6 @@ def faststream_app(name: str, serve: Serve) -> FastStream:
     @app.on_startup
     async def open_bus_for_service() -> None:
         telemetry.setup(name)
-        config = load_config()
         bus = await exits.enter_async_context(open_bus(config.settings, name=f"pbxbridge-{name}"))
         # FastStream wants a broker of its own; the services open theirs inside ``serve``.
         app.add_broker(NatsBroker(bus.url))
@@ -69,10 +80,9 @@ def main(name: str, serve: Serve) -> None:
     for noisy in ("nats", "faststream"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     telemetry.setup(name)
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+    config = _config_or_exit(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
 
     async def run() -> None:
-        config = load_config(path)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import nats
@@ -15,7 +17,7 @@ from pbxbridge.bus.embedded import EmbeddedNats, port_is_free
 from pbxbridge.bus.envelope import CloudEvent
 from pbxbridge.bus.infra import Names, ensure_all
 from pbxbridge.bus.subjects import Subjects
-from pbxbridge.config import Settings
+from pbxbridge.config import Settings, masked_url
 
 log = logging.getLogger("pbxbridge.bus")
 
@@ -27,7 +29,11 @@ class Bus:
     js: JetStreamContext
     subjects: Subjects
     names: Names
-    url: str
+    url: str = field(repr=False)  # may carry a password: print ``display_url``
+
+    @property
+    def display_url(self) -> str:
+        return masked_url(self.url)
 
     async def publish(self, subject: str, event: CloudEvent, *, timeout: float = 5.0):
         """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``)."""
@@ -35,20 +41,49 @@ class Bus:
         return await self.js.publish(subject, body, headers=headers, timeout=timeout)
 
 
-async def connect_nats(url: str, *, name: str = "pbxbridge") -> NatsClient:
+class BusUnreachable(ConnectionError):
+    """No NATS server accepted the connection in the time allowed; the message names the URL, masked."""
+
+
+async def connect_nats(url: str, *, name: str = "pbxbridge", timeout: float | None = None) -> NatsClient:
+    """Connect to ``url``; once connected, reconnect for ever.
+
+    Without ``timeout`` the first connection is retried for ever too (a worker waits for its
+    cluster); with it, give up after ``timeout`` seconds with ``BusUnreachable``."""
+    nc = NatsClient()
+    failures: list[Exception] = []
+
     async def on_disconnect() -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if not (nc.is_closed or nc.is_draining):  # closing on purpose is no news
+            log.warning("disconnected from NATS; reconnecting")
 
     async def on_reconnect() -> None:
         log.info("reconnected to NATS")
 
     async def on_error(exc: Exception) -> None:
-        log.warning("NATS error: %s", exc)
+        if nc.is_connected or timeout is None:
+            log.warning("NATS error: %s", exc)
+        else:  # reported once, in BusUnreachable, instead of at every retry
+            failures.append(exc)
 
-    return await nats.connect(
+    connecting = nc.connect(
         url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
         disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
     )
+    if timeout is None:
+        await connecting
+        return nc
+    try:
+        await asyncio.wait_for(connecting, timeout)
+    except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        last = failures[-1] if failures else exc
+        reason = str(last) or type(last).__name__
+        raise BusUnreachable(
+            f"no NATS server accepted a connection at {masked_url(url)} within {timeout:g}s ({masked_url(reason)})"
+        ) from None
+    return nc
 
 
 @asynccontextmanager
@@ -61,6 +96,8 @@ async def open_bus(settings: Settings, *, name: str = "pbxbridge") -> AsyncItera
         embedded = EmbeddedNats(settings.data_dir / "nats", port=port)
         url = await embedded.start()
         log.info("embedded nats-server with JetStream on %s (data in %s)", url, embedded.data_dir)
+    else:  # named before the first attempt: an unreachable server is otherwise retried in silence
+        log.info("connecting to NATS at %s", masked_url(url))
     try:
         nc = await connect_nats(url, name=name)
         try:

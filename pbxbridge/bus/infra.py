@@ -10,9 +10,11 @@ ledger (command id -> outcome), shared vendor tokens. Object Store: recordings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.client import KV_STREAM_TEMPLATE, OBJ_STREAM_TEMPLATE
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
@@ -110,14 +112,31 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 
 async def ensure_kv(js: JetStreamContext, config: KeyValueConfig):
+    """Create the bucket, or bring an existing one's TTL, history and replicas to ``config``."""
     try:
-        return await js.key_value(config.bucket)
+        kv = await js.key_value(config.bucket)
     except nats.js.errors.BucketNotFoundError:
         return await js.create_key_value(config)
+    ttl = config.ttl or 0.0
+    await _update_backing_stream(
+        js, KV_STREAM_TEMPLATE.format(bucket=config.bucket),
+        max_age=ttl, num_replicas=config.replicas, max_msgs_per_subject=config.history,
+        # nats-py's own rule at creation: the dedupe window may not exceed the TTL.
+        duplicate_window=min(ttl, 120.0) if ttl else 120.0,
+    )
+    return kv
+
+
+async def _update_backing_stream(js: JetStreamContext, stream: str, **wanted: Any) -> None:
+    """A bucket is a stream: creating it again keeps its old settings, so update what differs."""
+    current = (await js.stream_info(stream)).config
+    if any(getattr(current, name) != value for name, value in wanted.items()):
+        await js.update_stream(current.evolve(**wanted))
 
 
 async def ensure_all(js: JetStreamContext, settings: Settings) -> None:
-    """Create every stream and bucket that is missing; safe to run from every worker at once."""
+    """Create every stream and bucket that is missing and update the settings of those that
+    exist; safe to run from every worker at once."""
     names = Names(settings.prefix)
     for config in stream_configs(settings):
         try:
@@ -139,3 +158,5 @@ async def ensure_all(js: JetStreamContext, settings: Settings) -> None:
         await js.object_store(names.recordings)
     except nats.js.errors.BucketNotFoundError:
         await js.create_object_store(names.recordings, ObjectStoreConfig(replicas=r))
+        return
+    await _update_backing_stream(js, OBJ_STREAM_TEMPLATE.format(bucket=names.recordings), num_replicas=r)

@@ -4,7 +4,8 @@
 - ``Client``: its ``VendorClient`` subclass (``client.py``): login, auth, envelope;
 - ``Simulator``: its ``SimulatorBase`` subclass (``simulator.py``): a real HTTP server;
 - ``FEEDS`` (optional): what the poller watches (``feeds.py``);
-- ``NEUTRAL`` (optional): vendor-neutral commands mapped onto its operations (``neutral.py``).
+- ``NEUTRAL`` (optional): vendor-neutral commands mapped onto its operations (``neutral.py``);
+- ``ACCOUNT_OPTIONS`` (optional): account options only this vendor reads, ``name -> (type, default)``.
 
 Adding a vendor is adding a folder; nothing else in the tree names vendors.
 """

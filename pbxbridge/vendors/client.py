@@ -24,7 +24,7 @@ from aiolimiter import AsyncLimiter
 from pydantic import ValidationError
 
 from pbxbridge.config import Account
-from pbxbridge.redact import register_secrets
+from pbxbridge.redact import hold_token, register_secrets, release_token
 from pbxbridge.vendors.errors import (
     AuthExpired,
     MalformedReplyError,
@@ -40,6 +40,20 @@ from pbxbridge.vendors.errors import (
 from pbxbridge.vendors.operation import Operation, Vendor
 
 log = logging.getLogger("pbxbridge.vendors")
+
+_BOM = "\ufeff"
+_LOGIN_PAGE_HINTS = ("login", "signin", "sign-in", "logon", "auth")
+_MAX_REDIRECTS = 5
+
+# Replies bigger than this are decoded in a thread: 200,000 records decoded inline stall the
+# event loop for about 0.4 s.
+_BIG_REPLY = 1 << 20
+
+
+def _object_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A Python-level hook per JSON object lets the GIL pass to the event loop's thread while a
+    # big reply is decoded in another thread (plain json.loads holds it to the end).
+    return dict(pairs)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -84,13 +98,34 @@ class VendorClient:
         self.token_store = token_store
         opts = account.options
         register_secrets(account.secret(n) for n in account.credentials)
+        # No API call documents a redirect: one is an answer to judge (a login page is an
+        # expired session), not a place to follow with our credentials.
         self._http = httpx.AsyncClient(
-            base_url=account.base_url, transport=transport, timeout=opts.timeout, follow_redirects=True
+            base_url=account.base_url, transport=transport, timeout=opts.timeout, follow_redirects=False
         )
         self._limiter = AsyncLimiter(opts.rate_per_second, 1.0)
         self._slots = asyncio.Semaphore(opts.max_concurrency)
         self._login_lock = asyncio.Lock()
-        self.token: str | None = None
+        self._token: str | None = None
+
+    @property
+    def token(self) -> str | None:
+        """The session token in use; the log redactor masks it exactly while it is held."""
+        return self._token
+
+    @token.setter
+    def token(self, value: str | None) -> None:
+        if value == self._token:
+            return
+        for secret in self.session_secrets(self._token):
+            release_token(secret)
+        for secret in self.session_secrets(value):
+            hold_token(secret)
+        self._token = value
+
+    def session_secrets(self, token: str | None) -> list[str]:
+        """What a session token makes secret on the wire (itself; uContact's Basic pair too)."""
+        return [token] if token else []
 
     async def __aenter__(self) -> "VendorClient":
         return self
@@ -99,6 +134,7 @@ class VendorClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        self.token = None
         await self._http.aclose()
 
     # ---- the public call -------------------------------------------------------------
@@ -110,22 +146,29 @@ class VendorClient:
         or a login, ``VendorDeadlineExceeded`` is raised and the vendor is never reached; once
         sent, the request runs under the time that is left."""
         op = self.vendor.operation(operation)
+        return self.parse_reply(op, await self.call_unparsed(op, params, deadline=deadline))
+
+    async def call_unparsed(self, operation: str | Operation, params: Any = None, *, deadline: datetime | None = None) -> Any:
+        """``call`` up to the unwrapped payload, not checked against the reply model: for a caller
+        that validates a reply of many records one by one (the poller, yielding to the loop)."""
+        op = self.vendor.operation(operation)
         request = op.parse_request(params)
         for attempt in (1, 2):
             await self.ensure_login()
             http_request = self.build_request(op, request)
             response = await self._send(op, http_request, deadline=deadline)
             try:
-                payload = self.decode(op, response)
+                if len(response.content) < _BIG_REPLY:
+                    payload = self.decode(op, response)
+                else:
+                    payload = await asyncio.to_thread(self.decode, op, response)
             except AuthExpired:
                 if attempt == 2:
                     raise VendorAuthError("credentials refused after logging in again", **self._where(op)) from None
                 log.info("%s: session expired, logging in again", self._label(op))
-                if self.token_store is not None and self.token:
-                    await self.token_store.discard(self.account.key, self.token)
-                self.token = None
+                await self._forget_session()
                 continue
-            return self.parse_reply(op, payload)
+            return payload
         raise AssertionError("unreachable")
 
     def parse_reply(self, op: Operation, payload: Any) -> Any:
@@ -138,7 +181,7 @@ class VendorClient:
             where = ".".join(str(p) for p in first["loc"]) or "reply"
             raise MalformedReplyError(
                 f"reply does not match the document: {where}: {first['msg']}",
-                excerpt=json.dumps(payload, default=str)[:200],
+                excerpt=json.dumps(payload, default=str)[:4096],
                 **self._where(op),
             ) from None
 
@@ -171,7 +214,7 @@ class VendorClient:
                 raise VendorTransientError(f"cannot reach vendor: {type(exc).__name__}", **self._where(op)) from None
 
     async def _receive(self, op: Operation | None, request: httpx.Request, max_bytes: int) -> httpx.Response:
-        response = await self._http.send(request, stream=True)
+        response = await self._http.send(request, stream=True, follow_redirects=False)
         try:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
@@ -192,25 +235,67 @@ class VendorClient:
             history=response.history, extensions=response.extensions,
         )
 
-    async def download(self, url: str, *, what: str = "download") -> bytes:
-        """GET a file the vendor pointed to (a recording's URL): same seam, limits and auth."""
-        await self.ensure_login()
-        request = self._http.build_request("GET", url, headers=self.auth_headers())
-        response = await self._send(None, request, max_bytes=self.account.options.max_download_bytes)
-        try:
-            self.raise_for_status(None, response)
-        except AuthExpired:
-            raise VendorAuthError(f"{what}: credentials refused", vendor=self.vendor.name, operation=what) from None
-        return response.content
+    async def download(self, url: str, *, what: str = "download", missing_ok: bool = False) -> bytes | None:
+        """GET a file the vendor pointed to (a recording's URL): same seam, limits and auth.
+
+        The account's credentials go only to the account's own origins: a URL handed out by
+        the vendor, or a redirect, may point anywhere. A refused session is renewed once, then
+        ``VendorAuthError``; with ``missing_ok`` a 404 is ``None`` (a place the file is not)."""
+        for attempt in (1, 2):
+            response = await self._get_file(url)
+            if missing_ok and response.status_code == 404:
+                return None
+            try:
+                self.raise_for_status(None, response)
+            except AuthExpired:
+                if attempt == 2 or not self.is_account_host(str(response.request.url)):
+                    raise VendorAuthError(f"{what}: credentials refused", vendor=self.vendor.name, operation=what) from None
+                log.info("%s: %s refused, logging in again", self._label(None), what)
+                await self._forget_session()
+                continue
+            return response.content
+        raise AssertionError("unreachable")
+
+    async def _get_file(self, url: str) -> httpx.Response:
+        """GET, following redirects by hand so that each hop decides on its own whether it gets
+        credentials; a redirect to a login page is returned (it means the session is gone)."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            own = self.is_account_host(url)
+            if own:
+                await self.ensure_login()
+            request = self._http.build_request("GET", url, headers=self.auth_headers() if own else {})
+            response = await self._send(None, request, max_bytes=self.account.options.max_download_bytes)
+            location = response.headers.get("Location")
+            if not (response.is_redirect and location) or _is_login_page(location):
+                return response
+            url = str(request.url.join(location))
+        raise MalformedReplyError(f"more than {_MAX_REDIRECTS} redirects", vendor=self.vendor.name)
+
+    def is_account_host(self, url: str) -> bool:
+        """Is ``url`` (absolute or relative to the base URL) on one of the account's own origins?"""
+        return url_origin(self._http.build_request("GET", url).url) in self.account_origins()
+
+    def account_origins(self) -> set[tuple[str, str, int | None]]:
+        """Origins (scheme, host, port) trusted with the account's credentials: the base URL's,
+        and any server the account's own settings name (never one a vendor reply names)."""
+        return {url_origin(self._http.base_url)}
 
     # ---- vendor hooks ----------------------------------------------------------------
 
     async def ensure_login(self) -> None:
-        """Obtain a session token if the vendor needs one and we have none."""
+        """Obtain a session token if the vendor needs one and we have none.
+
+        A static token (a fixed credential, not a session) is used as it is: it never goes to
+        the shared token store, which holds sessions only."""
         if self.token is not None or not self.needs_login():
             return
         async with self._login_lock:
             if self.token is not None:
+                return
+            static = self.static_token()
+            if static is not None:
+                register_secrets([static])
+                self.token = static
                 return
             if self.token_store is not None:
                 self.token = await self.token_store.get(self.account.key)
@@ -218,13 +303,32 @@ class VendorClient:
                 self.token = await self.login()
                 if self.token_store is not None:
                     await self.token_store.put(self.account.key, self.token)
-            register_secrets([self.token])
+
+    async def _forget_session(self) -> None:
+        """The vendor refused our session: drop it here and in the shared store."""
+        if self.token_store is not None and self.token and self.static_token() is None:
+            await self.token_store.discard(self.account.key, self.token)
+        self.token = None
+
+    def static_token(self) -> str | None:
+        """A fixed credential used in place of a session token (Yemot's ``<number>:<password>``)."""
+        return None
 
     def needs_login(self) -> bool:
         return self.login_operation is not None
 
     async def login(self) -> str:
         raise NotImplementedError
+
+    async def open_session(self, params: dict[str, Any]) -> Any:
+        """Call the login operation; a refusal in any shape (an auth status, a redirect to a
+        login page, a vendor error) is ``VendorAuthError``, a reply of the wrong shape is malformed."""
+        op = self.vendor.operation(self.login_operation or "")
+        response = await self._send(op, self.build_request(op, op.parse_request(params)))
+        try:
+            return self.parse_reply(op, self.decode(op, response))
+        except (AuthExpired, VendorPermanentError):
+            raise VendorAuthError("login refused", **self._where(op)) from None
 
     def build_request(self, op: Operation, request: Any) -> httpx.Request:
         """Default encoding: GET/DELETE in the query string, others as a JSON body."""
@@ -264,9 +368,13 @@ class VendorClient:
 
     def raise_for_status(self, op: Operation, response: httpx.Response) -> None:
         status = response.status_code
+        where = self._where(op)
+        if 300 <= status < 400:
+            if _is_login_page(response.headers.get("Location", "")):
+                raise AuthExpired()  # sent to a login page: the session is gone
+            raise MalformedReplyError(f"unexpected redirect (HTTP {status})", **where)
         if status < 400:
             return
-        where = self._where(op)
         if status in (401, 403):
             raise AuthExpired()
         if status == 429:
@@ -278,19 +386,38 @@ class VendorClient:
             raise VendorNotFound("not found", status=status, code=status, **where)
         raise VendorPermanentError(f"vendor refused the request (HTTP {status})", status=status, code=status, **where)
 
-    def json(self, op: Operation, response: httpx.Response) -> Any:
+    def text(self, response: httpx.Response) -> str:
+        """The reply as text, without surrounding blanks or a UTF-8 byte-order mark."""
         try:
-            return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise MalformedReplyError(
-                "reply is not JSON", excerpt=response.text[:200] if response.text else "", **self._where(op)
-            ) from None
+            text = response.text
+        except (UnicodeDecodeError, LookupError):
+            text = response.content.decode("utf-8", errors="replace")
+        return text.lstrip(_BOM).strip()
+
+    def json(self, op: Operation | None, response: httpx.Response) -> Any:
+        """The reply as JSON; a byte-order mark before it is accepted, anything else is malformed."""
+        text = self.text(response)
+        try:
+            return json.loads(text, object_pairs_hook=_object_hook) if len(text) >= _BIG_REPLY else json.loads(text)
+        except json.JSONDecodeError:
+            what = "reply is empty" if not text else "reply is not JSON"
+            raise MalformedReplyError(what, excerpt=text[:4096], **self._where(op)) from None
 
     def _where(self, op: Operation | None) -> dict[str, str]:
         return {"vendor": self.vendor.name, "operation": op.name if op else ""}
 
     def _label(self, op: Operation | None) -> str:
         return f"{self.vendor.name}/{self.account.id}/{op.name if op else '-'}"
+
+
+def _is_login_page(location: str) -> bool:
+    return any(hint in location.lower() for hint in _LOGIN_PAGE_HINTS)
+
+
+def url_origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
+    """(scheme, host, port): what decides whether a URL may receive credentials."""
+    url = httpx.URL(url)
+    return url.scheme, url.host, url.port
 
 
 def _query_value(v: Any) -> Any:

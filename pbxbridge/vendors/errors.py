@@ -14,10 +14,18 @@
 
 Every error carries ``vendor`` and ``operation`` and says whether it is ``retryable``.
 Messages never contain URLs, query strings, headers or bodies we sent: Yemot puts the
-token in the query string, so anything derived from the request could leak a secret.
+token in the query string, so anything derived from the request could leak a secret. What the
+vendor sends back may quote a token or a credential (an error echoing the request): every
+message and excerpt is redacted here, at the source, before it can reach a result, the ledger,
+a dead letter or a health event.
 """
 
 from __future__ import annotations
+
+from pbxbridge.redact import redact
+
+# Redact before cutting: a secret cut in half would no longer be recognised.
+_MESSAGE_CHARS, _EXCERPT_CHARS, _REDACT_WINDOW = 500, 200, 4096
 
 
 class VendorError(Exception):
@@ -25,6 +33,7 @@ class VendorError(Exception):
     kind: str = "error"
 
     def __init__(self, message: str, *, vendor: str = "", operation: str = "") -> None:
+        message = redact(message[:_REDACT_WINDOW])[:_MESSAGE_CHARS]
         super().__init__(message)
         self.message = message
         self.vendor = vendor
@@ -94,8 +103,8 @@ class MalformedReplyError(VendorError):
 
     def __init__(self, message: str, *, excerpt: str = "", **kw) -> None:
         super().__init__(message, **kw)
-        # A short excerpt of what came back helps debugging; replies carry no secrets of ours.
-        self.excerpt = excerpt[:200]
+        # A short excerpt of what came back helps debugging.
+        self.excerpt = redact(excerpt[:_REDACT_WINDOW])[:_EXCERPT_CHARS]
 
 
 class VendorReplyTooLarge(MalformedReplyError):

@@ -7,7 +7,8 @@ uses, checks auth through the vendor's hook, injects faults, and wraps replies i
 envelope through ``reply`` / ``error_reply``.
 
 Control endpoints under ``/_sim/`` let tests and users steer a running simulator:
-``GET/POST /_sim/faults`` (read / change fault settings), ``POST /_sim/expire-tokens``,
+``GET/POST /_sim/faults`` (read / change fault settings; an unknown key or a bad value is
+400 and changes nothing), ``POST /_sim/expire-tokens``,
 ``POST /_sim/tick`` (generate one round of activity now), ``GET /_sim/state``.
 """
 
@@ -20,10 +21,11 @@ import logging
 import random
 import secrets
 import time
+import zlib
 from typing import Any, ClassVar
 
 from aiohttp import web
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_core import to_jsonable_python
 
 from pbxbridge.config import Account, AccountOptions
@@ -35,6 +37,8 @@ log = logging.getLogger("pbxbridge.sim")
 class Faults(BaseModel):
     """Fault injection. Rates are probabilities per request, 0..1."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt fault would silently inject nothing
+
     error_rate: float = Field(0.0, ge=0, le=1, description="answer HTTP 503")
     rate_limit_rate: float = Field(0.0, ge=0, le=1, description="answer HTTP 429 with Retry-After")
     retry_after: float = Field(1.0, ge=0, description="seconds in Retry-After")
@@ -43,6 +47,11 @@ class Faults(BaseModel):
     malformed_rate: float = Field(0.0, ge=0, le=1, description="answer 200 with broken JSON")
     latency: float = Field(0.0, ge=0, description="seconds added to every reply")
     token_ttl: float | None = Field(None, gt=0, description="session tokens expire after this many idle seconds")
+    trickle_rate: float = Field(0.0, ge=0, le=1, description="send the reply one byte every trickle_interval")
+    trickle_interval: float = Field(0.05, gt=0, description="seconds between trickled bytes")
+    gzip_bomb_rate: float = Field(0.0, ge=0, le=1, description="answer 200 with a gzip body of gzip_bomb_bytes zeros")
+    gzip_bomb_bytes: int = Field(4 * 2**30, ge=1, description="decompressed size of the gzip bomb")
+    bom_rate: float = Field(0.0, ge=0, le=1, description="put a UTF-8 byte-order mark before the reply")
 
 
 class SimError(Exception):
@@ -181,6 +190,16 @@ class SimulatorBase:
         if f.malformed_rate and roll() < f.malformed_rate:
             self.requests.append((op.name, "fault:malformed"))
             return web.Response(status=200, text='{"truncated": ', content_type="application/json")
+        if f.gzip_bomb_rate and roll() < f.gzip_bomb_rate:
+            self.requests.append((op.name, "fault:gzip_bomb"))
+            return await gzip_bomb(request, f.gzip_bomb_bytes)
+        trickle = bool(f.trickle_rate and roll() < f.trickle_rate)
+        response = await self._answer(op, request)
+        if f.bom_rate and roll() < f.bom_rate and isinstance(getattr(response, "body", None), bytes):
+            response.body = b"\xef\xbb\xbf" + response.body
+        return await trickled(request, response, f.trickle_interval) if trickle else response
+
+    async def _answer(self, op: Operation, request: web.Request) -> web.StreamResponse:
         try:
             params = await self.read_params(op, request)
             self.authenticate(op, request, params)
@@ -222,9 +241,13 @@ class SimulatorBase:
         return web.json_response(self.faults.model_dump())
 
     async def _set_faults(self, request: web.Request) -> web.Response:
+        """Change some fault settings; an unknown key or a bad value is 400 and changes nothing."""
         try:
-            self.faults = self.faults.model_copy(update=Faults.model_validate({**self.faults.model_dump(), **await request.json()}).model_dump())
-        except (ValidationError, json.JSONDecodeError) as exc:
+            update = await request.json()
+            if not isinstance(update, dict):
+                raise ValueError("expected a JSON object of fault settings")
+            self.faults = Faults.model_validate({**self.faults.model_dump(), **update})
+        except (ValidationError, ValueError) as exc:  # JSONDecodeError is a ValueError
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(self.faults.model_dump())
 
@@ -243,7 +266,8 @@ class SimulatorBase:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve on ``host:port`` (0: a free port); returns the base URL for an account."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # A test that gave up on a hanging reply must not wait for it at shutdown.
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.2)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -276,3 +300,42 @@ class SimulatorBase:
                 self.step()
             except Exception:  # a broken step must not stop the simulator
                 log.exception("%s simulator: activity step failed", self.vendor.name)
+
+
+async def trickled(request: web.Request, response: web.StreamResponse, interval: float) -> web.StreamResponse:
+    """Send a ready answer one byte every ``interval`` seconds: each read arrives in time for a
+    per-read timeout, the whole answer does not."""
+    body = getattr(response, "body", None)
+    if not isinstance(body, bytes):
+        return response  # already streamed: nothing to trickle
+    slow = web.StreamResponse(status=response.status, headers={
+        k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")})
+    slow.content_length = len(body)
+    await slow.prepare(request)
+    try:
+        for i in range(len(body)):
+            await slow.write(body[i : i + 1])
+            await asyncio.sleep(interval)
+        await slow.write_eof()
+    except ConnectionError:
+        pass  # the client stopped waiting
+    return slow
+
+
+async def gzip_bomb(request: web.Request, size: int, *, chunk: int = 2**20) -> web.StreamResponse:
+    """A gzip body of ``size`` zeros, compressed as it is sent (never held whole): it stops
+    costing anything as soon as the client hangs up."""
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(chunk)
+    try:
+        for sent in range(0, size, chunk):
+            await response.write(compressor.compress(zeros[: min(chunk, size - sent)]))
+            await asyncio.sleep(0)  # small writes never wait to drain: let the client (and others) run
+        await response.write(compressor.flush())
+        await response.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        pass  # the client gave up reading: that is the point
+    return response

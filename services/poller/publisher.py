@@ -3,7 +3,11 @@
 Sequential ``js.publish`` waits a round trip per message (~5k msg/s); ``publish_async`` keeps
 up to ``window`` messages in flight (~30k+ msg/s). The cursor may only move over events that
 JetStream acknowledged, and only over a contiguous prefix of them, so acks are consumed in
-publication order and ``on_acked(n)`` is told "the first n are stored" at checkpoints.
+publication order and ``on_acked(n, seq)`` is told "the first n are stored, the last of them
+at stream sequence ``seq``" at checkpoints.
+
+``stored_after`` reads back what a subject received after a sequence: what a crash between an
+ack and the next checkpoint left unrecorded.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +31,12 @@ class Outgoing:
 
 
 class PublishInterrupted(Exception):
-    """The bus did not acknowledge a message in time; the first ``acked`` ones are stored."""
+    """The bus did not acknowledge a message in time; the first ``acked`` ones are stored,
+    the last of them at stream sequence ``seq``."""
 
-    def __init__(self, acked: int, cause: BaseException) -> None:
+    def __init__(self, acked: int, seq: int, cause: BaseException) -> None:
         super().__init__(f"stopped after {acked} acknowledged: {type(cause).__name__}: {cause}")
-        self.acked = acked
+        self.acked, self.seq = acked, seq
         self.cause = cause
 
 
@@ -40,7 +48,7 @@ async def publish_in_order(
     window: int = 1000,
     ack_timeout: float = 5.0,
     checkpoint_every: int = 2000,
-    on_acked: Callable[[int], Awaitable[None]],
+    on_acked: Callable[[int, int], Awaitable[None]],
 ) -> int:
     """Publish ``messages[start:]``; raise ``PublishInterrupted`` on the first missing ack.
 
@@ -49,26 +57,30 @@ async def publish_in_order(
     Returns how many of them JetStream already had (acked as duplicates)."""
     pending: deque[asyncio.Future] = deque()
     acked = reported = start
-    duplicates = 0
+    duplicates = last_seq = 0
+
+    def interrupted(cause: BaseException) -> PublishInterrupted:
+        return PublishInterrupted(acked, last_seq, cause)
 
     def settle(future: asyncio.Future) -> None:
-        nonlocal acked, duplicates
+        nonlocal acked, duplicates, last_seq
         try:
             ack = future.result()  # raises the server's error, if any
         except asyncio.CancelledError:
             # Cancelled under us (the connection closed), or by wait_for's timeout: not an ack.
-            raise PublishInterrupted(acked, ConnectionError("publish abandoned before its ack")) from None
+            raise interrupted(ConnectionError("publish abandoned before its ack")) from None
         except Exception as exc:
-            raise PublishInterrupted(acked, exc) from exc
+            raise interrupted(exc) from exc
         acked += 1
         duplicates += ack.duplicate or 0
+        last_seq = max(last_seq, ack.seq)  # a duplicate's ack names the original's sequence
 
     async def wait_oldest() -> None:
         future = pending[0]
         try:
             await asyncio.wait_for(asyncio.shield(future), ack_timeout)
         except asyncio.TimeoutError:
-            raise PublishInterrupted(acked, TimeoutError(f"no ack within {ack_timeout}s")) from None
+            raise interrupted(TimeoutError(f"no ack within {ack_timeout}s")) from None
         except Exception:
             pass  # settle() reports the future's own error
         settle(pending.popleft())
@@ -80,7 +92,7 @@ async def publish_in_order(
             settle(pending.popleft())
         if acked - reported >= checkpoint_every:
             reported = acked
-            await on_acked(acked)  # its own errors are the caller's, not a publish failure
+            await on_acked(acked, last_seq)  # its own errors are the caller's, not a publish failure
 
     try:
         for i in range(start, len(messages)):
@@ -93,7 +105,7 @@ async def publish_in_order(
             except (asyncio.CancelledError, PublishInterrupted):
                 raise
             except Exception as exc:
-                raise PublishInterrupted(acked, exc) from exc
+                raise interrupted(exc) from exc
         while pending:
             await wait_oldest()
             await drain()
@@ -101,5 +113,31 @@ async def publish_in_order(
         for future in pending:
             future.cancel()  # frees nats-py's in-flight slot; the message may still be stored
     if acked > reported:
-        await on_acked(acked)
+        await on_acked(acked, last_seq)
     return duplicates
+
+
+async def stored_after(js: JetStreamContext, stream: str, subject: str, seq: int, *, batch: int = 1000) -> list[tuple[int, bytes]]:
+    """(sequence, body) of every message on ``subject`` stored after sequence ``seq``, oldest first."""
+    try:
+        last = (await js.get_last_msg(stream, subject)).seq
+    except nats.js.errors.NotFoundError:
+        return []
+    if last <= seq:
+        return []  # the usual case after a clean stop: one round trip
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=seq + 1,
+        inactive_threshold=30.0,  # removed by the server if we die while reading
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    try:
+        out: list[tuple[int, bytes]] = []
+        while not out or out[-1][0] < last:
+            try:
+                msgs = await sub.fetch(batch, timeout=2)
+            except nats.errors.TimeoutError:
+                break  # fewer than ``last`` suggests: messages were removed meanwhile
+            out.extend((m.metadata.sequence.stream, m.data) for m in msgs)
+        return out
+    finally:
+        await sub.unsubscribe()

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import json
 import logging
 import random
 import time
 import uuid
 from collections import Counter as Tally
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,6 +25,7 @@ from pydantic import ValidationError
 
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri
+from pbxbridge.bus.outcomes import DeadLetter, dead_letter
 from pbxbridge.config import Account
 from pbxbridge.events import FeedHealth
 from pbxbridge.vendors.client import VendorClient
@@ -31,10 +35,11 @@ from pbxbridge.vendors.errors import (
     VendorError,
     VendorRateLimited,
 )
-from services.poller.cursor import Cursor, CursorStore, LostOwnership
+from services.poller.cursor import Cursor, CursorStore, LostOwnership, digest
 from pbxbridge.feeds import Feed, FetchWindow
+from services.poller.folds import FoldSettler
 from services.poller.lease import Lease
-from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order
+from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order, stored_after
 
 log = logging.getLogger("pbxbridge.poller")
 
@@ -52,6 +57,8 @@ class Meters:
         self.malformed = meter.create_counter("pbx.poller.malformed_replies", unit="{reply}", description="vendor replies that broke the feed's model")
         self.publish_retries = meter.create_counter("pbx.poller.publish.retries", unit="{retry}", description="publish runs interrupted by the bus")
         self.gaps = meter.create_counter("pbx.poller.backlog.truncated", unit="{poll}", description="polls whose backlog exceeded the feed's max page")
+        self.rejected = meter.create_counter("pbx.poller.records.rejected", unit="{record}", description="records the reply model refused, dead-lettered")
+        self.late = meter.create_counter("pbx.poller.records.late", unit="{record}", description="records found below the cursor never published, by outcome")
 
 
 @dataclass
@@ -91,6 +98,70 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
+# (time, key, record, raw): a record as parsed, and as the vendor sent it.
+Stamped = tuple[float, str, Any, Any]
+
+
+@dataclass
+class Page:
+    records: list[Stamped] = field(default_factory=list)  # to publish, oldest first
+    refused: list[tuple[Any, Exception]] = field(default_factory=list)  # (raw record, why)
+    undecidable: list[Stamped] = field(default_factory=list)  # below the floor, maybe published
+
+
+class Breather:
+    """Hands the event loop back once a slice of CPU work has run ``slice_seconds``: a page of
+    200,000 records must not stall the loop (leases, other feeds, the bus' heartbeats)."""
+
+    def __init__(self, slice_seconds: float = 0.01) -> None:
+        self.slice_seconds, self.slice_ends = slice_seconds, 0.0
+
+    async def __call__(self) -> None:
+        if time.perf_counter() >= self.slice_ends:
+            await asyncio.sleep(0)
+            self.slice_ends = time.perf_counter() + self.slice_seconds
+
+
+breathe = Breather()
+
+
+class HeapPinning:
+    """CPython's full collections walk every live object: with a 200,000-record page in memory
+    each one stalls the loop for up to a second, and finds nothing (records are freed by
+    reference counting). While a big page is worked on, what is alive is taken out of the
+    collector's sight every ``every`` records (``gc.freeze``, constant time) and handed back
+    when the poll ends (``gc.unfreeze``)."""
+
+    every = 16384
+
+    def __init__(self) -> None:
+        self.pinned = False
+
+    def __call__(self, processed: int) -> None:
+        if processed and not processed % self.every:
+            self.now()
+
+    def now(self) -> None:
+        gc.freeze()
+        self.pinned = True
+
+    def release(self) -> None:
+        if self.pinned:
+            gc.unfreeze()
+            self.pinned = False
+
+
+def _time_of(record: Stamped) -> float:
+    return record[0]
+
+
+def _summary(exc: Exception) -> str:
+    """What was wrong, without the offending value (it may be a phone number)."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors(include_input=False)[:3])
+    return type(exc).__name__
+
+
 class FeedPoller:
     """Polls one feed while its lease is held. ``run`` raises LostOwnership if another
     replica wrote the cursor."""
@@ -108,67 +179,147 @@ class FeedPoller:
         self.cursor: Cursor | None = None
         self.cursor_dirty = False  # advanced in memory, not yet written (bus trouble)
         self.reported = OK
+        self.pin = HeapPinning()
 
     # ---- one poll ------------------------------------------------------------------------
 
     async def load_cursor(self) -> None:
-        self.cursor = await self.store.load() or Cursor.initial(time.time(), self.feed.backfill)
+        self.cursor = await self.store.load()
+        if self.cursor is None:
+            # Written at once, so a crash before the first checkpoint is recovered like any other.
+            self.cursor = Cursor.initial(time.time(), self.feed.backfill, seq=await self.last_stored_seq())
+            await self.save_cursor()
+            return
+        await self.recover_unrecorded()
+
+    def advance(self, published: Sequence[tuple[float, str]]) -> None:
+        feed = self.feed
+        self.cursor.advance(published, lookback=feed.lookback, max_seen=feed.max_seen, recall=feed.recall)
+
+    async def last_stored_seq(self) -> int:
+        return (await self.bus.js.stream_info(self.bus.names.events)).state.last_seq
+
+    async def recover_unrecorded(self) -> None:
+        """Events a previous run stored after its last cursor write (it died between an ack and
+        the next checkpoint) are published: take them into the cursor before publishing again."""
+        stored = await stored_after(self.bus.js, self.bus.names.events, self.subject, self.cursor.seq)
+        if not stored:
+            return
+        published = []
+        for _, body in stored:
+            data = json.loads(body)
+            published.append((datetime.fromisoformat(data["occurred_at"]).timestamp(), data["key"]))
+        self.advance(published)
+        self.cursor.seq = stored[-1][0]
+        log.info("%s: %d event(s) stored after the last cursor write taken into the cursor", self.label, len(stored))
+        await self.save_cursor()
 
     async def poll_once(self, stop: asyncio.Event) -> float | None:
         """Fetch, publish, advance. Returns a minimum delay before the next poll, if any."""
+        try:
+            return await self._poll(stop)
+        finally:
+            self.pin.release()
+
+    async def _poll(self, stop: asyncio.Event) -> float | None:
         if self.cursor is None:
             await self.load_cursor()
         if self.cursor_dirty:
             await self.save_cursor()
         started = time.perf_counter()
         try:
-            records = await self.fetch_new()
+            page = await self.fetch_new()
             fetched = time.perf_counter()
-            messages, stamps = self.build(records)
+            messages, stamps = await self.build(page)
         except (VendorError, ValidationError, ValueError, KeyError, TypeError) as exc:
             await self.failed(exc)
             return getattr(exc, "retry_after", None) if isinstance(exc, VendorRateLimited) else None
-        if self.reported != OK:
-            await self.report(OK, None)
         built = time.perf_counter()
+        refused = await self.set_aside(page)
+        if refused:
+            await self.report("malformed_reply", refused)
+        elif self.reported != OK:
+            await self.report(OK, None)
         await self.publish(messages, stamps, stop)
         if messages:
             log.debug("%s: fetch %.3fs, build %.3fs, publish %.3fs", self.label,
                       fetched - started, built - fetched, time.perf_counter() - built)
+        for done in (messages, stamps, page.records):
+            await discard(done)
         return None
 
-    async def fetch_new(self) -> list[tuple[float, str, Any]]:
-        """The records the cursor has not seen, as (time, key, record), oldest first."""
+    async def fetch_new(self) -> Page:
+        """The records the cursor has not seen, oldest first, and what cannot be published."""
         feed, floor = self.feed, self.cursor.floor
         since = datetime.fromtimestamp(floor, timezone.utc)
         limit = feed.page_size
         while True:
             rows = await feed.fetch(self.client, FetchWindow(since, limit))
-            stamped = [(feed.time(r).timestamp(), feed.key(r), r) for r in rows]
-            reaches_back = not stamped or min(t for t, _, _ in stamped) < floor
-            if len(rows) < limit or reaches_back:
+            page = await self.parse(rows[::-1] if feed.newest_first else rows)
+            full = len(rows) >= limit
+            reaches_back = not page.records or min(r[0] for r in page.records) < floor
+            if not full or reaches_back:
                 break
             if limit >= feed.max_page:
                 self.meters.gaps.add(1, self.attrs)
                 log.warning("%s: more than %d records since the cursor; taking the newest", self.label, limit)
                 break
-            limit = _next_limit(limit, [t for t, _, _ in stamped], floor, feed.max_page)
-        if feed.newest_first:
-            stamped.reverse()
+            limit = _next_limit(limit, [r[0] for r in page.records], floor, feed.max_page)
         # Stable sort: records of the same instant keep the vendor's (arrival) order.
-        stamped.sort(key=lambda s: s[0])
-        return [s for s in _number_repeats(stamped) if self.cursor.is_new(s[0], s[1])]
+        records = await _number_repeats(sorted(page.records, key=_time_of))
+        await breathe()
+        # A full page may begin in the middle of a minute: that minute cannot be judged.
+        complete_from = (min(r[0] for r in records) // 60 + 1) * 60 if full and records else 0.0
+        late, page.undecidable = self.cursor.unrecorded((r for r in records if r[0] < floor), complete_from=complete_from)
+        if late:
+            self.meters.late.add(len(late), {**self.attrs, "outcome": "published"})
+            log.warning("%s: %d record(s) below the cursor were never published; publishing them", self.label, len(late))
+        fresh = []
+        for i, record in enumerate(records):
+            if not i & 255:
+                await breathe()
+                self.pin(i)
+            if self.cursor.is_new(record[0], record[1]):
+                fresh.append(record)
+        page.records = sorted(late, key=_time_of) + fresh
+        return page
 
-    def build(self, records: list[tuple[float, str, Any]]) -> tuple[list[Outgoing], list[tuple[float, str]]]:
+    async def parse(self, rows: Sequence[Any]) -> Page:
+        """Validate and stamp rows (in arrival order), handing the loop back as it goes."""
+        feed, page = self.feed, Page()
+        settle = FoldSettler(slack=feed.lookback)
+        if len(rows) >= self.pin.every:
+            self.pin.now()  # the process' own long-lived objects too: a full collection walks them all
+        for i, raw in enumerate(rows):
+            if not i & 63:
+                await breathe()
+                self.pin(i)
+            try:
+                record = feed.parse(raw)
+                when, key = feed.time(record), feed.key(record)
+            except (ValidationError, ValueError, KeyError, TypeError) as exc:
+                page.refused.append((raw, exc))
+                continue
+            page.records.append((settle(when), key, record, raw))
+        return page
+
+    async def build(self, page: Page) -> tuple[list[Outgoing], list[tuple[float, str]]]:
         feed, account = self.feed, self.account
         ce_type, schema = feed.event.ce_type(), schema_uri(feed.event.ce_type())
         messages, stamps = [], []
-        for when, key, record in records:
+        for i, (when, key, record, raw) in enumerate(page.records):
+            if not i & 63:
+                await breathe()
+                self.pin(i)
             occurred = datetime.fromtimestamp(when, timezone.utc)
-            data = feed.event.model_validate(
-                {"vendor": account.vendor, "account": account.id, "key": key, "occurred_at": occurred,
-                 **feed.build(record, account)}
-            ).model_dump(mode="json", by_alias=True)
+            try:
+                data = feed.event.model_validate(
+                    {"vendor": account.vendor, "account": account.id, "key": key, "occurred_at": occurred,
+                     **feed.build(record, account)}
+                ).model_dump(mode="json", by_alias=True)
+            except (ValidationError, ValueError, KeyError, TypeError) as exc:
+                page.refused.append((raw, exc))
+                continue
             event = CloudEvent(
                 type=ce_type, source=self.source, data=data, time=occurred, dataschema=schema,
                 id=deterministic_id(account.vendor, account.id, feed.name, key),
@@ -178,13 +329,52 @@ class FeedPoller:
             stamps.append((when, key))
         return messages, stamps
 
+    async def set_aside(self, page: Page) -> dict[str, Any] | None:
+        """Dead-letter what cannot be published, once each; the error of the first refused record."""
+        first_error = None
+        for raw, exc in page.refused:
+            raw_digest = digest(json.dumps(raw, sort_keys=True, default=str))
+            if raw_digest in self.cursor.rejected:
+                continue
+            reason = f"the {self.feed.name} record does not match the vendor's document: {_summary(exc)}"
+            if await self.dead_letter(raw_digest, raw, reason):
+                self.cursor.reject(raw_digest)
+                self.cursor_dirty = True
+                self.meters.rejected.add(1, self.attrs)
+                first_error = first_error or {"kind": "malformed_reply", "message": reason}
+        if page.undecidable:
+            reason = ("listed below the cursor's floor beside records already published, later than the "
+                      "feed's lookback: cannot tell whether it was published")
+            done = [r for r in page.undecidable if await self.dead_letter(r[1], r[3], reason)]
+            self.cursor.settle(done)
+            self.cursor_dirty = self.cursor_dirty or bool(done)
+            self.meters.late.add(len(done), {**self.attrs, "outcome": "dead_lettered"})
+            log.warning("%s: %d record(s) below the cursor dead-lettered: %s", self.label, len(done), reason)
+        if self.cursor_dirty:
+            await self.save_cursor()
+        return first_error
+
+    async def dead_letter(self, record_id: str, raw: Any, reason: str) -> bool:
+        letter = DeadLetter(
+            kind="feeds", vendor=self.account.vendor, account=self.account.id, what=self.feed.name,
+            command_id=record_id, reason=reason, subject=self.subject, headers={},
+            body=json.dumps(raw, default=str).encode(),
+        )
+        try:
+            await dead_letter(self.bus, letter)
+            return True
+        except _BUS_ERRORS as exc:
+            log.warning("%s: dead letter not published (next poll tries again): %s", self.label, exc)
+            return False
+
     async def publish(self, messages: list[Outgoing], stamps: list[tuple[float, str]], stop: asyncio.Event) -> None:
         """Publish until every message is acked (or stop); the cursor follows the acks."""
         committed = 0
 
-        async def checkpoint(acked: int) -> None:
+        async def checkpoint(acked: int, seq: int) -> None:
             nonlocal committed
-            self.cursor.advance(stamps[committed:acked], lookback=self.feed.lookback, max_seen=self.feed.max_seen)
+            self.advance(stamps[committed:acked])
+            self.cursor.seq = max(self.cursor.seq, seq)
             self.meters.published.add(acked - committed, self.attrs)
             committed = acked
             await self.save_cursor()
@@ -199,7 +389,7 @@ class FeedPoller:
                 )
             except PublishInterrupted as exc:
                 if exc.acked > committed:
-                    await checkpoint(exc.acked)
+                    await checkpoint(exc.acked, exc.seq)
                 self.meters.publish_retries.add(1, self.attrs)
                 log.warning("%s: bus did not confirm (%r); retrying from event %d of %d",
                             self.label, exc.cause, committed, len(messages))
@@ -282,18 +472,33 @@ def _next_limit(limit: int, times: list[float], floor: float, max_page: int) -> 
     return int(min(max_page, max(limit * 2, guess)))
 
 
-def _number_repeats(stamped: list[tuple[float, str, Any]]) -> list[tuple[float, str, Any]]:
+async def _number_repeats(stamped: list[Stamped]) -> list[Stamped]:
     """Identical records (same natural key) are told apart by their order of arrival:
     ``key``, ``key#2``... (``stamped`` is in arrival order)."""
-    counts = Tally(key for _, key, _ in stamped)
-    if all(n == 1 for n in counts.values()):
+    keys: set[str] = set()
+    repeated = False
+    for i, record in enumerate(stamped):
+        if not i & 1023:
+            await breathe()
+        repeated = repeated or record[1] in keys
+        keys.add(record[1])
+    if not repeated:
         return stamped
     seen: Tally[str] = Tally()
     out = []
-    for when, key, record in stamped:
+    for i, (when, key, *rest) in enumerate(stamped):
+        if not i & 1023:
+            await breathe()
         seen[key] += 1
-        out.append((when, key if seen[key] == 1 else f"{key}#{seen[key]}", record))
+        out.append((when, key if seen[key] == 1 else f"{key}#{seen[key]}", *rest))
     return out
+
+
+async def discard(items: list) -> None:
+    """Free a big list a slice at a time: 200,000 records freed at once stall the loop."""
+    while items:
+        del items[-4096:]
+        await breathe()
 
 
 class FeedSupervisor:

@@ -55,6 +55,15 @@ class Archived:
     source_format: str
 
 
+@dataclass(frozen=True)
+class Stored:
+    """An archived recording found in the archive, and whether ``recording.archived`` went out."""
+
+    archived: Archived
+    source: str
+    announced: bool
+
+
 class ChecksumMismatch(Exception):
     """What the archive holds is not what was written."""
 
@@ -81,7 +90,7 @@ class ObjectStoreArchive:
     def location(self, name: str) -> str:
         return f"nats-object://{self.bucket}/{name}"
 
-    async def find(self, name: str) -> Archived | None:
+    async def find(self, name: str) -> Stored | None:
         """The archived recording's facts, if it is already there (and complete)."""
         try:
             info = await self.store.get_info(name)
@@ -90,31 +99,44 @@ class ObjectStoreArchive:
         headers = info.headers or {}
         if info.deleted or "Pbx-Sha256" not in headers:
             return None
-        return Archived(
+        archived = Archived(
             name=name, location=self.location(name), sha256=headers["Pbx-Sha256"], bytes=info.size or 0,
             codec=headers.get("Pbx-Codec", ""), container=headers.get("Pbx-Container", ""),
             duration_seconds=float(headers.get("Pbx-Duration", 0)), source_format=headers.get("Pbx-Source-Format", ""),
         )
+        return Stored(archived, source=headers.get("Pbx-Source", ""), announced="Pbx-Announced" in headers)
 
-    async def store_verified(self, name: str, converted: Converted, source_format: str) -> Archived:
-        """Write, then read back through a hashing sink: the archive must hold exactly these bytes."""
+    async def store_verified(self, name: str, converted: Converted, audio: FetchedAudio) -> Archived:
+        """Write, then read back through a hashing sink: the archive must hold exactly these bytes.
+
+        Only the holder of the name's claim calls this, so what it deletes on a mismatch is its own."""
         sha = hashlib.sha256(converted.data).hexdigest()
         headers = {
             "Pbx-Sha256": sha, "Pbx-Codec": converted.codec, "Pbx-Container": converted.container,
-            "Pbx-Duration": str(converted.duration_seconds), "Pbx-Source-Format": source_format,
-            "Content-Type": converted.content_type,
+            "Pbx-Duration": str(converted.duration_seconds), "Pbx-Source-Format": audio.format,
+            "Pbx-Source": audio.source, "Content-Type": converted.content_type,
         }
         info = await self.store.put(name, converted.data, meta=ObjectMeta(name=name, headers=headers))
         stored_digest = base64.urlsafe_b64decode(info.digest.split("=", 1)[1] + "==").hex()
         sink = _Sha256Writer()
-        await self.store.get(name, writeinto=sink)  # also checks the bucket's own SHA-256 digest
-        if stored_digest != sha or sink.hash.hexdigest() != sha or sink.size != len(converted.data):
+        try:
+            await self.store.get(name, writeinto=sink)  # also checks the bucket's own SHA-256 digest
+            read_back = sink.hash.hexdigest() == sha and sink.size == len(converted.data)
+        except nats.js.errors.DigestMismatchError:
+            read_back = False
+        if stored_digest != sha or not read_back:
             await self.store.delete(name)
             raise ChecksumMismatch(f"{name}: archive holds different bytes than were written")
         return Archived(
             name=name, location=self.location(name), sha256=sha, bytes=len(converted.data), codec=converted.codec,
-            container=converted.container, duration_seconds=converted.duration_seconds, source_format=source_format,
+            container=converted.container, duration_seconds=converted.duration_seconds, source_format=audio.format,
         )
+
+    async def mark_announced(self, name: str, event_id: str) -> None:
+        """Note on the object itself that ``recording.archived`` went out: a later job stays quiet."""
+        info = await self.store.get_info(name)
+        headers = {**(info.headers or {}), "Pbx-Announced": event_id}
+        await self.store.update_meta(name, ObjectMeta(name=name, description=info.description, headers=headers))
 
 
 @dataclass(frozen=True)
@@ -127,8 +149,13 @@ class Announcement:
     source: str
 
 
-async def announce(bus: Bus, announcement: Announcement) -> None:
-    """``recording.archived``, with an id derived from the call: announced once per recording."""
+def announcement_id(vendor: str, account: str, object_name: str) -> str:
+    """One id per archive (call and format): a re-announcement of it is a duplicate, another format is not."""
+    return deterministic_id(vendor, account, "recording.archived", object_name)
+
+
+async def announce(bus: Bus, announcement: Announcement) -> str:
+    """Publish ``recording.archived`` for one archive; returns its event id."""
     a = announcement.archived
     data = RecordingArchived(
         vendor=announcement.vendor, account=announcement.account, key=announcement.call_id, occurred_at=utcnow(),
@@ -139,9 +166,10 @@ async def announce(bus: Bus, announcement: Announcement) -> None:
     event = CloudEvent(
         type=RecordingArchived.ce_type(),
         source=f"pbxbridge/{announcement.vendor}/{announcement.account}",
-        id=deterministic_id(announcement.vendor, announcement.account, "recording", announcement.call_id),
+        id=announcement_id(announcement.vendor, announcement.account, a.name),
         data=data.model_dump(mode="json", by_alias=True),
         dataschema=schema_uri(RecordingArchived.ce_type()),
         subject=announcement.call_id,
     )
     await bus.publish(bus.subjects.event(announcement.vendor, announcement.account, RecordingArchived.event), event)
+    return event.id

@@ -1,21 +1,34 @@
-"""The recordings protocol, per job:
+"""The recordings protocol, per delivery of a ``recording.fetch`` job handed over by the commander:
 
-1. a command already ``done`` gets its stored result published again, nothing else;
-2. past its deadline it ends ``expired``;
-3. a recording already in the archive (another command asked before) is not fetched again:
-   the command succeeds with the archived facts and no second announcement;
-4. otherwise fetch, convert, archive, verify by SHA-256 read-back, announce
-   ``recording.archived`` once, and conclude ``succeeded``.
+1. a command already ``done`` gets its stored result published if that never reached the stream,
+   nothing else;
+2. a delivery beyond ``recording_max_deliver`` (the last one stopped without an outcome) ends
+   ``failed`` with a dead letter; past its deadline a job ends ``expired``;
+3. the archive's object name (vendor, account, call, format) is claimed in the ledger: one job
+   at a time writes it. While another job holds the claim, this one waits, keeping its message
+   alive; the holder renews the claim and its message's ``in_progress`` until it is done;
+4. an archive finished before (the claim is ``done``, or the object says it was announced) is
+   not fetched again: the command succeeds with its facts (``already_archived``) and no second
+   announcement; an archive stored but never announced (a worker stopped in between) is
+   announced now;
+5. otherwise fetch, convert, archive, verify by SHA-256 read-back, announce ``recording.archived``
+   (one event id per archive: call and format), note on the object that it was announced,
+   conclude ``succeeded``, and mark the claim ``done``.
 
-A recording the vendor has not finished (``RecordingNotReady``) is retried later for up to
-``recording_max_wait`` seconds, never dropped; transient vendor errors are retried like
-commands; anything permanent ends ``failed`` with a dead letter.
+A recording the vendor has not finished (``RecordingNotReady``) is put off (the claim released,
+a delayed NAK) for up to ``recording_max_wait`` seconds, never dropped; transient vendor errors
+are put off like commands; the last delivery never puts off: it ends ``failed`` with a dead
+letter, like anything permanent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, asdict
 from datetime import datetime
 
@@ -24,8 +37,8 @@ from pydantic import ValidationError
 
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError, utcnow
-from pbxbridge.bus.ledger import Ledger
-from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, republish, retry_delay
+from pbxbridge.bus.ledger import Claim, ClaimLost, Done, Held, Ledger
+from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, publish_stored, retry_delay
 from pbxbridge.commands import RecordingFetch
 from pbxbridge.config import Config
 from pbxbridge.recordings import RecordingJob, RecordingNotReady
@@ -44,6 +57,7 @@ class JobDelivery:
     body: bytes
     attempt: int
     published_at: datetime
+    keep_alive: Callable[[], Awaitable[object]]  # tells JetStream the delivery is still being worked on
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,11 @@ def object_name(vendor: str, account: str, call_id: str, extension: str) -> str:
     """Deterministic: the same call always lands on the same name."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", call_id)
     return f"{vendor}/{account}/{safe}.{extension}"
+
+
+def archive_key(name: str) -> str:
+    """The ledger key claiming an archive object name (KV keys allow few characters: hashed)."""
+    return f"archive.{hashlib.sha256(name.encode()).hexdigest()[:40]}"
 
 
 class RecordingHandler:
@@ -83,8 +102,13 @@ class RecordingHandler:
             ))
             return ACK
         entry, _ = await self.ledger.read(job.ledger_key)
-        if entry is not None and entry.state == "done" and entry.result is not None:
-            await republish(self.bus, entry.result)
+        if entry is not None and entry.state == "done":
+            await publish_stored(self.bus, self.ledger, job.ledger_key, entry)
+            return ACK
+        if delivery.attempt > self.settings.recording_max_deliver:
+            await self._fail(job, delivery, "failed", {
+                "kind": "gave_up", "message": f"no outcome after {self.settings.recording_max_deliver} deliveries",
+            })
             return ACK
         if job.deadline is not None and utcnow() > job.deadline:
             await self._end(job, delivery, "expired", error={"kind": "expired", "message": "deadline passed before it ran"})
@@ -97,29 +121,86 @@ class RecordingHandler:
             await self._fail(job, delivery, "rejected", {"kind": "rejected", "message": _reason(exc)})
             return ACK
         name = object_name(job.vendor, job.account, request.call_id, extension)
-        existing = await self.archive.find(name)
-        if existing is not None:
-            await self._end(job, delivery, "succeeded", result={**asdict(existing), "already_archived": True})
+        claim = await self._claim(delivery, name)
+        if isinstance(claim, Done):
+            await self._end(job, delivery, "succeeded", result={**claim.entry.detail, "already_archived": True})
             return ACK
-        return await self._fetch_and_archive(job, delivery, client, request, name)
+        try:
+            async with claim.kept_alive(beat=delivery.keep_alive, every=self._beat_every):
+                return await self._archive_once(job, delivery, client, request, name, claim)
+        except ClaimLost:
+            # Our claim expired (we stalled) and another job took the name over: it archives.
+            log.warning("%s: claim lost to another job; looking again later", name)
+            return await self._put_off(job, delivery, self.settings.command_backoff, {
+                "kind": "claim_lost", "message": f"another job took over archiving {name}",
+            })
+        except BaseException:
+            with contextlib.suppress(Exception):  # the bus may be what failed: then the claim expires
+                await claim.release("retrying")
+            raise
 
-    async def _fetch_and_archive(
-        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str
+    @property
+    def _beat_every(self) -> float:
+        # Well inside both the claim's expiry and the message's ack_wait.
+        return min(self.settings.recording_claim_ttl, self.settings.recording_ack_wait) / 3
+
+    async def _claim(self, delivery: JobDelivery, name: str) -> Claim | Done:
+        """The archive name, ours to write; while another job holds it, wait with our message alive."""
+        while True:
+            taken = await self.ledger.claim(
+                archive_key(name), holder=self.settings.instance, ttl=self.settings.recording_claim_ttl
+            )
+            if not isinstance(taken, Held):
+                return taken
+            await delivery.keep_alive()
+            await asyncio.sleep(taken.wait)
+
+    async def _archive_once(
+        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str,
+        claim: Claim,
     ) -> Disposition:
+        stored = await self.archive.find(name)
+        if stored is None:
+            stored = await self._fetch_and_store(job, delivery, client, request, name, claim)
+        if isinstance(stored, Disposition):  # put off or ended without an archive: the name is free again
+            await claim.release("retrying")
+            return stored
+        if not stored.announced:
+            # Announce before noting it: a stop in between announces again under the same event id.
+            event_id = await activities.announce(self.bus, activities.Announcement(
+                vendor=job.vendor, account=job.account, call_id=request.call_id, archived=stored.archived,
+                command_id=job.command_id, source=stored.source,
+            ))
+            await self.archive.mark_announced(name, event_id)
+        facts = asdict(stored.archived)
+        result = {**facts, "already_archived": True} if stored.announced else facts
+        await self._end(job, delivery, "succeeded", result=result)
+        await claim.finish(detail=facts)  # after the command's result: a job waiting on the claim finds that result
+        return ACK
+
+    async def _fetch_and_store(
+        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str,
+        claim: Claim,
+    ) -> activities.Stored | Disposition:
         try:
             audio = await activities.fetch_audio(activities.Fetch(client, request))
         except RecordingNotReady as exc:
             waited = (utcnow() - delivery.published_at).total_seconds()
-            if waited < self.settings.recording_max_wait:
-                self._not_ready.add(1, {"vendor": job.vendor})
-                delay = retry_delay(self.settings, min(delivery.attempt, 6), exc.retry_after)
-                log.info("%s/%s call %s: recording not ready; again in %.1fs", job.vendor, job.account, request.call_id, delay)
-                return Disposition(ack=False, delay=delay)
-            await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s"})
-            return ACK
+            if waited >= self.settings.recording_max_wait:
+                await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s"})
+                return ACK
+            self._not_ready.add(1, {"vendor": job.vendor})
+            # The vendor's hint is a floor, not the pace: recording_max_wait must fit in recording_max_deliver.
+            backoff = retry_delay(self.settings, min(delivery.attempt, 6))
+            delay = max(backoff, min(exc.retry_after or 0.0, self.settings.command_backoff_max))
+            log.info("%s/%s call %s: recording not ready; again in %.1fs", job.vendor, job.account, request.call_id, delay)
+            return await self._put_off(job, delivery, delay, {
+                "kind": "not_ready", "message": "the vendor has not finished the recording",
+            })
         except VendorError as exc:
             if exc.retryable and delivery.attempt < self.settings.command_max_deliver:
-                return Disposition(ack=False, delay=retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None)))
+                delay = retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None))
+                return await self._put_off(job, delivery, delay, exc.as_dict())
             await self._fail(job, delivery, "failed", exc.as_dict())
             return ACK
         try:
@@ -127,17 +208,23 @@ class RecordingHandler:
         except AudioError as exc:
             await self._fail(job, delivery, "failed", {"kind": "bad_audio", "message": str(exc), "source_format": audio.format})
             return ACK
+        await claim.renew()  # still ours right before writing (ClaimLost if another job took the name over)
         try:
-            archived = await self.archive.store_verified(name, converted, audio.format)
+            archived = await self.archive.store_verified(name, converted, audio)
         except activities.ChecksumMismatch as exc:
             log.warning("%s; archiving again", exc)
-            return Disposition(ack=False, delay=retry_delay(self.settings, delivery.attempt))
-        await activities.announce(self.bus, activities.Announcement(
-            vendor=job.vendor, account=job.account, call_id=request.call_id, archived=archived,
-            command_id=job.command_id, source=audio.source,
-        ))
+            delay = retry_delay(self.settings, delivery.attempt)
+            return await self._put_off(job, delivery, delay, {"kind": "checksum_mismatch", "message": str(exc)})
         self._archived.add(archived.bytes, {"vendor": job.vendor, "codec": archived.codec})
-        await self._end(job, delivery, "succeeded", result=asdict(archived))
+        return activities.Stored(archived, source=audio.source, announced=False)
+
+    async def _put_off(self, job: RecordingJob, delivery: JobDelivery, delay: float, error: dict) -> Disposition:
+        """A delayed NAK, except on the last delivery: that one ends the job, failed, with a dead letter."""
+        if delivery.attempt < self.settings.recording_max_deliver:
+            return Disposition(ack=False, delay=delay)
+        await self._fail(job, delivery, "failed", {
+            **error, "message": f"{error.get('message', error['kind'])}; gave up after {delivery.attempt} deliveries",
+        })
         return ACK
 
     async def _end(self, job: RecordingJob, delivery: JobDelivery, status: str, *, result=None, error=None) -> None:

@@ -44,10 +44,14 @@ class Stored:
     data: Any
 
 
-async def read_all(bus: Bus, subject: str) -> list[Stored]:
-    """Every message stored on ``subject``, in stream order."""
+def dead_letter_subject(bus: Bus, account: str = "acme") -> str:
+    return bus.subjects.dead_letter("feeds", "yemot", account, "sms")
+
+
+async def read_all(bus: Bus, subject: str, *, stream: str | None = None) -> list[Stored]:
+    """Every message stored on ``subject`` (in the events stream unless told), in stream order."""
     config = ConsumerConfig(ack_policy=AckPolicy.NONE)  # read-only: nothing to acknowledge
-    sub = await bus.js.pull_subscribe(subject, stream=bus.names.events, config=config)
+    sub = await bus.js.pull_subscribe(subject, stream=stream or bus.names.events, config=config)
     try:
         pending = (await sub.consumer_info()).num_pending
         out: list[Stored] = []
@@ -120,3 +124,70 @@ async def start_subprocess(settings: Settings, config_path: Path, instance: str,
     )
 
 
+
+_SIMULATOR_WITH_BACKLOG = """
+import asyncio, sys
+from datetime import datetime, timedelta
+from pbxbridge.vendors.yemot import Simulator
+from pbxbridge.vendors.yemot.operations import ISRAEL
+
+async def main(n):
+    async with Simulator(activity=False) as sim:
+        sim.sms.clear()
+        start = datetime.now(ISRAEL) - timedelta(hours=5)
+        step = timedelta(hours=4) / n
+        for i in range(n):
+            sim.add_sms(message=f"backlog {i}", when=start + i * step)
+        print(sim.url, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the test closes stdin
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+@contextlib.asynccontextmanager
+async def simulator_process(backlog: int) -> AsyncIterator[Account]:
+    """A Yemot simulator holding ``backlog`` SMS in its own process (its JSON encoding of a big
+    reply must not stall the test's event loop); yields an account pointing at it."""
+    from pbxbridge.vendors.yemot import Simulator
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SIMULATOR_WITH_BACKLOG, str(backlog), cwd=REPO,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        url = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode().strip()
+        assert url, "the simulator process did not start"
+        stand_in = Simulator(activity=False)  # not started: only builds the account
+        stand_in.url = url
+        yield stand_in.account("acme", poll_interval=60, phone_region="IL")
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+class LoopWatch:
+    """Measures how late the event loop wakes a task that asks to sleep ``tick`` seconds."""
+
+    def __init__(self, tick: float = 0.005) -> None:
+        self.tick, self.longest = tick, 0.0
+        self._task: asyncio.Task | None = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.tick)
+            self.longest = max(self.longest, loop.time() - before - self.tick)
+
+    async def __aenter__(self) -> "LoopWatch":
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

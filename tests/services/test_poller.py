@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from helpers_poller import count, health_subject, metric_reader, metric_sum, read_all, running_poller, sms_subject, wait_for
+from helpers_poller import count, dead_letter_subject, health_subject, metric_reader, metric_sum, read_all, running_poller, sms_subject, wait_for
 from pbxbridge.bus import Bus, open_bus
 from pbxbridge.bus.envelope import deterministic_id
 from pbxbridge.config import Config, Settings
@@ -17,6 +19,7 @@ from pbxbridge.vendors.yemot import Simulator
 from pbxbridge.vendors.yemot.feeds import SMS, sms_key
 from pbxbridge.vendors.yemot.operations import ISRAEL, SmsRow
 from services.poller.cursor import Cursor
+from services.poller.folds import settle_folds
 from services.poller.runner import Tuning
 
 SEEDED = 3  # the simulator starts with three SMS
@@ -71,7 +74,7 @@ async def test_each_sms_becomes_one_event_in_chronological_order(psettings: Sett
     assert times == sorted(times)
     first = next(m for m in events if m.data["text"] == "hello 0")
     assert first.data["occurred_at"] == base.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    assert first.data["from"] == {"raw": "972527654321", "e164": "+972527654321"}
+    assert first.data["from"] == {"raw": "972527654321", "e164": "+972527654321", "valid": True}
     assert first.data["to"]["e164"] == "+972773137770"
     assert first.data["original"]["server_date"] == base.strftime("%H:%M:%S %Y-%m-%d")
     event_id = deterministic_id("yemot", "acme", SMS.name, first.data["key"])
@@ -158,19 +161,91 @@ async def _count_is_on(bus: Bus, subject: str, n: int) -> bool:
     return await count(bus, subject) == n
 
 
-async def test_reply_failing_the_model_is_malformed(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
-    """A row the model refuses (a date that is no date) is a malformed reply, not a crash and not a skip."""
-    async with running_poller(config_for(psettings, sim), pbus):
+async def test_row_failing_the_model_is_dead_lettered_once_and_skipped(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
+    """A row the model refuses is dead-lettered with the reason, once, and the rows after it flow on."""
+    reader, meter = metric_reader()
+    async with running_poller(config_for(psettings, sim), pbus, meter=meter):
         await wait_for(lambda: _count_is(pbus, SEEDED), what="seeded SMS")
         broken = sim.add_sms(message="broken row")
-        good = sim.add_sms(message="good row")
+        sim.add_sms(message="good row")
         broken["server_date"] = "soon a date"
-        await wait_for(lambda: count(pbus, health_subject(pbus)), what="a health event")
-        assert await count(pbus, sms_subject(pbus)) == SEEDED  # the good row waits with the cursor
-        broken["server_date"] = good["server_date"]
-        await wait_for(lambda: _count_is(pbus, SEEDED + 2), what="both rows after the fix")
+        await wait_for(lambda: _count_is(pbus, SEEDED + 1), what="the good row, past the broken one")
+        await wait_for(lambda: _count_is_on(pbus, health_subject(pbus), 2), what="malformed, then recovered")
+        polls = len(sim.requests)
+        await wait_for(lambda: len(sim.requests) >= polls + 3, what="three more polls")
+        sim.add_sms(message="later row")
+        await wait_for(lambda: _count_is(pbus, SEEDED + 2), what="a later row")
+    assert metric_sum(reader, "pbx.poller.records.rejected") == 1  # dead-lettered once, not at every poll
+    letters = await read_all(pbus, dead_letter_subject(pbus), stream=pbus.names.dead_letters)
+    assert len(letters) == 1
+    assert letters[0].data["body"]["message"] == "broken row" and "server_date" in letters[0].data["reason"]
+    assert "soon a date" not in letters[0].data["reason"]  # the reason names the field, not the value
     statuses = [m.data["status"] for m in await read_all(pbus, health_subject(pbus))]
     assert statuses == ["malformed_reply", "recovered"]
+
+
+FALL_BACK = datetime(2026, 10, 25, 1, 0, tzinfo=ISRAEL)  # 02:00 IDT becomes 01:00 IST: 01:xx happens twice
+
+
+async def test_sms_in_the_repeated_hour_of_a_dst_fall_back_all_arrive_at_their_utc_time(
+    psettings: Settings, pbus: Bus, sim: Simulator,
+) -> None:
+    """Five SMS stamped in Israel's repeated hour, over two polls: none lost, each at its true UTC time."""
+    sim.sms.clear()
+    cursors = await pbus.js.key_value(pbus.names.cursors)
+    await cursors.put("yemot.acme.sms", Cursor(floor=(FALL_BACK - timedelta(minutes=30)).timestamp()).to_bytes("earlier"))
+    first_pass = [FALL_BACK.replace(minute=10), FALL_BACK.replace(minute=40)]
+    second_pass = [FALL_BACK.replace(minute=m, fold=1) for m in (5, 20, 50)]
+    async with running_poller(config_for(psettings, sim), pbus):
+        for when in first_pass:
+            sim.add_sms(message=f"first {when.minute}", when=when)
+        await wait_for(lambda: _count_is(pbus, 2), what="the first pass of the hour")
+        for when in second_pass:
+            sim.add_sms(message=f"second {when.minute}", when=when)
+        await wait_for(lambda: _count_is(pbus, 5), what="the second pass of the hour")
+    occurred = {m.data["text"]: m.data["occurred_at"] for m in await read_all(pbus, sms_subject(pbus))}
+    assert occurred == {
+        "first 10": "2026-10-24T22:10:00Z", "first 40": "2026-10-24T22:40:00Z",
+        "second 5": "2026-10-24T23:05:00Z", "second 20": "2026-10-24T23:20:00Z", "second 50": "2026-10-24T23:50:00Z",
+    }
+
+
+def test_repeated_hour_is_read_by_arrival_order_in_spain_too() -> None:
+    """Madrid's 02:xx repeats on 2026-10-25: a time going back more than the slack is the second pass."""
+    madrid = ZoneInfo("Europe/Madrid")
+    local = [datetime(2026, 10, 25, 2, m, tzinfo=madrid) for m in (10, 50, 11, 12, 49)]
+    utc = [datetime.fromtimestamp(t, timezone.utc).strftime("%H:%M") for t in settle_folds(local, slack=120)]
+    assert utc == ["00:10", "00:50", "01:11", "01:12", "01:49"]
+    assert settle_folds([local[1], local[1].replace(minute=49)], slack=120) == [local[1].timestamp(), local[4].timestamp()]
+
+
+async def test_record_below_the_floor_never_published_is_published_or_dead_lettered(
+    psettings: Settings, pbus: Bus, sim: Simulator,
+) -> None:
+    """A late SMS alone in its minute is published; two in a minute already published are dead-lettered; both counted."""
+    sim.sms.clear()
+    reader, meter = metric_reader()
+    base = israel_now().replace(second=5) - timedelta(minutes=12)
+    for i in range(10):
+        sim.add_sms(message=f"on time {i}", when=base + timedelta(minutes=i))
+    async with running_poller(config_for(psettings, sim), pbus, meter=meter):
+        await wait_for(lambda: _count_is(pbus, 10), what="the SMS on time")
+        sim.add_sms(message="late, alone", when=base + timedelta(minutes=1, seconds=20))
+        for second in (30, 40):
+            sim.add_sms(message=f"late, with another {second}", when=base + timedelta(minutes=3, seconds=second))
+        await wait_for(lambda: _count_is(pbus, 11), what="the late SMS")
+        await wait_for(lambda: metric_sum(reader, "pbx.poller.records.late", outcome="dead_lettered") == 3,
+                       what="the undecidable minute dead-lettered")
+        polls = len(sim.requests)
+        await wait_for(lambda: len(sim.requests) >= polls + 3, what="three more polls")
+    assert metric_sum(reader, "pbx.poller.records.late", outcome="published") == 1
+    assert metric_sum(reader, "pbx.poller.records.late", outcome="dead_lettered") == 3  # once, not at every poll
+    keys = await stored_keys(pbus)
+    dead_lettered = {sms_key(SmsRow.model_validate(r)) for r in sim.sms if r["message"].startswith("late, with")}
+    assert len(keys) == len(set(keys)) == 11 and set(keys) == expected_keys(sim) - dead_lettered
+    letters = await read_all(pbus, dead_letter_subject(pbus), stream=pbus.names.dead_letters)
+    assert sorted(m.data["body"]["message"] for m in letters) == ["late, with another 30", "late, with another 40", "on time 3"]
+    assert all("cannot tell whether it was published" in m.data["reason"] for m in letters)
 
 
 async def test_vendor_outage_and_refused_credentials_are_survived(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
@@ -214,10 +289,12 @@ async def _count_above(bus: Bus, n: int) -> bool:
 
 
 async def test_two_replicas_split_by_lease_and_take_over(psettings: Settings, pbus: Bus, sim: Simulator) -> None:
-    """Two pollers on one feed: each SMS once; when the holder stops, the other carries on."""
+    """Two pollers on one feed: the vendor is polled at one replica's rate; when the holder stops, the other carries on."""
     other = psettings.model_copy(update={"instance": "replica-b"})
+    interval = 0.2
     async with open_bus(other, name="test-poller-b") as bus_b:
-        first, second = running_poller(config_for(psettings, sim), pbus), running_poller(config_for(other, sim), bus_b)
+        first = running_poller(config_for(psettings, sim, poll_interval=interval), pbus)
+        second = running_poller(config_for(other, sim, poll_interval=interval), bus_b)
         async with second:
             async with first:
                 for i in range(200):
@@ -225,6 +302,10 @@ async def test_two_replicas_split_by_lease_and_take_over(psettings: Settings, pb
                 await wait_for(lambda: _count_is(pbus, SEEDED + 200), what="events with two replicas")
                 leases = await pbus.js.key_value(pbus.names.leases)
                 holder = (await leases.get("yemot.acme.sms")).value.decode()
+                # JetStream would drop a second replica's events as duplicates: count what the vendor saw.
+                polls, seconds = await _polls_during(sim, 2.0)
+                assert polls <= seconds / interval + 2, f"{polls} polls in {seconds:.1f}s: more than one replica polls"
+                assert (await leases.get("yemot.acme.sms")).value.decode() == holder
             if holder == "replica-a":  # replica-a stopped: replica-b must take over
                 for i in range(50):
                     sim.add_sms(message=f"after a stopped {i}")
@@ -237,6 +318,16 @@ async def test_two_replicas_split_by_lease_and_take_over(psettings: Settings, pb
                 await wait_for(lambda: _count_is(pbus, SEEDED + 250), what="take-over by replica-a")
     keys = await stored_keys(pbus)
     assert len(keys) == len(set(keys)) == SEEDED + 250
+
+
+async def _polls_during(sim: Simulator, seconds: float) -> tuple[int, float]:
+    """SMS-log requests the simulator answered over about ``seconds``, and the exact span."""
+    def polls() -> int:
+        return sum(op == "GetSmsIncomingLog" for op, _ in sim.requests)
+
+    started, before = time.monotonic(), polls()
+    await wait_for(lambda: time.monotonic() - started >= seconds, timeout=seconds + 5, what=f"{seconds}s of polling")
+    return polls() - before, time.monotonic() - started
 
 
 def test_cursor_forgets_whole_instants_and_never_admits_a_duplicate() -> None:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import av
 import pytest
-from pydantic_core import from_json
 
+from helpers_recordings import Rig, running
 from pbxbridge.bus import Bus
-from pbxbridge.commands import Result
 from pbxbridge.config import Config, Settings
 from pbxbridge.sdk import send_command
 from pbxbridge.vendors import load
@@ -26,46 +22,12 @@ from services.recordings.worker import serve as serve_recordings
 fonema = pytest.importorskip("pbxbridge.vendors.fonema")
 
 
-@dataclass
-class Rig:
-    bus: Bus
-    sim: object
-
-    async def fetch(self, call_id: str, **params) -> Result:
-        return await send_command(
-            self.bus.nc, self.bus.subjects, "fonema", "madrid", "recording.fetch", {"call_id": call_id, **params},
-            command_id=str(uuid.uuid4()), timeout=30,
-        )
-
-    def vendor_fetches(self) -> int:
-        return sum(1 for op, outcome in self.sim.requests if op == "getCallRecord" and outcome == "ok")
-
-    async def archived_events(self) -> list[dict]:
-        sub = await self.bus.js.subscribe(self.bus.subjects.event("fonema", "madrid", "recording.archived"), ordered_consumer=True)
-        events = []
-        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-            while True:
-                events.append(from_json((await sub.next_msg(timeout=0.5)).data))
-        await sub.unsubscribe()
-        return events
-
-    async def stored(self, name: str) -> bytes:
-        store = await self.bus.js.object_store(self.bus.names.recordings)
-        return (await store.get(name)).data
-
-
 @pytest.fixture
 async def rig(settings: Settings, bus: Bus) -> AsyncIterator[Rig]:
     settings.command_backoff = 0.05
     async with load("fonema").Simulator(activity=False) as sim:
-        config = Config(settings=settings, accounts=[sim.account("madrid")])
-        stop = asyncio.Event()
-        tasks = [asyncio.create_task(s(config, bus, stop)) for s in (serve_commander, serve_recordings)]
-        try:
-            yield Rig(bus, sim)
-        finally:
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        async with running(Config(settings=settings, accounts=[sim.account("madrid")]), bus, sim) as rig:
+            yield rig
 
 
 async def test_recording_is_converted_archived_and_announced(rig: Rig) -> None:
@@ -81,7 +43,7 @@ async def test_recording_is_converted_archived_and_announced(rig: Rig) -> None:
         stream = f.streams.audio[0]
         assert f.format.name == "ogg" and stream.codec_context.name == "opus"
         assert abs(float(stream.duration * stream.time_base) - 2.0) < 0.1
-    [event] = await rig.archived_events()
+    [(_, event)] = await rig.archived_events()
     assert event["call_id"] == call_id and event["sha256"] == result.result["sha256"]
     assert event["location"] == f"nats-object://{rig.bus.names.recordings}/{name}" and event["source_format"] == "flac"
 
@@ -93,7 +55,7 @@ async def test_fetching_again_is_a_no_op(rig: Rig) -> None:
     second = await rig.fetch(call_id)
     assert first.status == second.status == "succeeded"
     assert second.result["already_archived"] is True and second.result["sha256"] == first.result["sha256"]
-    assert rig.vendor_fetches() == 1
+    assert rig.vendor_served("getCallRecord") == 1
     assert len(await rig.archived_events()) == 1
 
 
@@ -111,7 +73,7 @@ async def test_unknown_format_is_rejected(rig: Rig) -> None:
     call_id = rig.sim.add_finished_call(recorded=True, seconds=1.0)
     result = await rig.fetch(call_id, format="aiff")
     assert result.status == "rejected" and "aiff" in result.error["message"]
-    assert rig.vendor_fetches() == 0
+    assert rig.vendor_served("getCallRecord") == 0
 
 
 async def test_call_without_recording_fails_with_dead_letter(rig: Rig) -> None:
@@ -119,8 +81,7 @@ async def test_call_without_recording_fails_with_dead_letter(rig: Rig) -> None:
     call_id = rig.sim.add_finished_call(recorded=False)
     result = await rig.fetch(call_id)
     assert result.status == "failed" and result.error["retryable"] is False
-    sub = await rig.bus.js.subscribe(rig.bus.subjects.all_dead_letters, ordered_consumer=True)
-    letter = from_json((await sub.next_msg(timeout=5)).data)
+    [letter] = await rig.dead_letters()
     assert letter["command_id"] == result.command_id
 
 

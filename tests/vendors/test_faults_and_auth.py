@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import httpx
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
+from pbxbridge.redact import MASK
 from pbxbridge.vendors import all_vendors, load
+from pbxbridge.vendors.simulator import SimError
 from pbxbridge.vendors.errors import (
     MalformedReplyError,
     VendorAuthError,
@@ -147,3 +151,87 @@ async def test_no_secret_in_logs_or_errors(vendor: str, caplog: pytest.LogCaptur
     for secret in secrets:
         assert secret not in caplog.text
         assert all(secret not in str(e) for e in errors)
+
+
+def sim_origin(sim) -> str:
+    return str(httpx.URL(sim.url).copy_with(path="/"))
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_unknown_fault_key_is_refused(vendor: str) -> None:
+    """POST /_sim/faults with a misspelt key answers 400 and changes nothing."""
+    async with load(vendor).Simulator(activity=False) as sim, httpx.AsyncClient(base_url=sim_origin(sim)) as http:
+        refused = await http.post("/_sim/faults", json={"error_rat": 1.0})
+        accepted = await http.post("/_sim/faults", json={"latency": 0.01})
+    assert refused.status_code == 400 and "error_rat" in refused.text
+    assert accepted.status_code == 200 and sim.faults.error_rate == 0.0 and sim.faults.latency == 0.01
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_byte_order_mark_before_json_is_accepted(vendor: str) -> None:
+    """A UTF-8 BOM before the vendor's JSON parses like the same reply without it."""
+    module = load(vendor)
+    async with module.Simulator(activity=False) as sim, module.Client(sim.account()) as client:
+        op = probe(vendor)
+        plain = await client.call(op, op.example)
+        sim.faults.bom_rate = 1.0
+        with_bom = await client.call(op, op.example)
+    assert with_bom == plain
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_echoed_token_and_credentials_are_redacted_at_the_source(
+    vendor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vendor error quoting our session token and credentials reaches the VendorError (and so
+    results, ledger, dead letters, health events) masked."""
+    module = load(vendor)
+    op = probe(vendor)
+
+    def echo(self, req):
+        raise SimError(f"rejected request with {' and '.join(sorted(self.tokens))} / {' '.join(quoted)}")
+
+    monkeypatch.setattr(module.Simulator, op.name, echo)
+    async with module.Simulator(activity=False) as sim:
+        account = sim.account()
+        quoted = [v.get_secret_value() for v in account.credentials.values()]
+        async with module.Client(account) as client:
+            with pytest.raises(VendorError) as info:
+                await client.call(op, op.example)
+            secrets = [*quoted, *sim.tokens, client.token or ""]
+    text = f"{info.value} {info.value.as_dict()} {getattr(info.value, 'excerpt', '')}"
+    assert "rejected request" in text and MASK in text
+    assert [s for s in secrets if s and s in text] == []
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_download_sends_credentials_only_to_the_account_host(vendor: str) -> None:
+    """A URL on another host gets no Authorization, API key or token; one on the account's host does."""
+    seen: list[dict[str, str]] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        seen.append({**request.headers, **request.query})
+        return web.Response(body=b"audio")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", capture)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    other = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/recordings/1.mp3"
+    module = load(vendor)
+    try:
+        async with module.Simulator(activity=False) as sim:
+            account = sim.account()
+            async with module.Client(account) as client:
+                await client.ensure_login()  # a session exists that a careless download would send
+                assert await client.download(other) == b"audio"
+                own_auth = client.auth_headers()
+                assert client.is_account_host(sim.url + "records/x.mp3")
+    finally:
+        await runner.cleanup()
+    secrets = {v.get_secret_value() for v in account.credentials.values()} | {client.token or ""} - {""}
+    sent = " ".join(f"{k}={v}" for k, v in seen[0].items())
+    assert "Authorization" not in seen[0] and not any(s in sent for s in secrets if s)
+    assert all(k not in seen[0] for k in own_auth)

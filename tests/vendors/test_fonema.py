@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 
 from pbxbridge.commands import AgentStatusSet, CallHangup, CallTransfer
 from pbxbridge.neutral import NotApplicable
-from pbxbridge.vendors.errors import VendorNotFound, VendorPermanentError
+from pbxbridge.vendors.errors import MalformedReplyError, VendorNotFound, VendorPermanentError
 from pbxbridge.vendors.fonema import Client, Simulator
 from pbxbridge.vendors.fonema.neutral import NEUTRAL
-from pbxbridge.vendors.fonema.operations import MADRID
+from pbxbridge.vendors.fonema.operations import MADRID, VENDOR
 
 
 async def test_call_log_parses_subcalls_and_local_times() -> None:
@@ -61,3 +62,40 @@ async def test_neutral_commands_change_simulator_state() -> None:
     assert "live-1" not in sim.live_calls
     with pytest.raises(NotApplicable):
         NEUTRAL["call.hangup"](CallHangup(extension="101"))
+
+
+@pytest.mark.parametrize(("operation", "answer", "expected"), [
+    ("buyDID", web.Response(text="4711", content_type="application/json"), {"id": 4711}),
+    ("cancelDID", web.Response(text="OK", content_type="text/plain"), {"code": None}),
+    ("makeCall", web.Response(status=200), {"code": None}),
+], ids=["buyDID-bare-id", "cancelDID-OK", "makeCall-empty-200"])
+async def test_documented_bare_replies_are_successes(
+    operation: str, answer: web.Response, expected: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """buyDID's bare id, cancelDID's OK and makeCall's empty 200 are the documented successes."""
+    monkeypatch.setattr(Simulator, operation, lambda self, req: answer)
+    async with Simulator(activity=False) as sim, Client(sim.account()) as client:
+        op = VENDOR.operation(operation)
+        reply = await client.call(op, op.example)
+    assert {k: getattr(reply, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize("answer", [
+    web.Response(text="<html><body>Fonema - Iniciar sesión</body></html>", content_type="text/html"),
+    web.json_response({"code": 500, "error": "llamada no realizada"}),
+    web.Response(text="KO", content_type="text/plain"),
+], ids=["html-page", "code-500-in-200", "other-text"])
+async def test_other_shapes_are_not_successes(answer: web.Response, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTML page, a JSON body whose code is an error, or other text is no makeCall success."""
+    monkeypatch.setattr(Simulator, "makeCall", lambda self, req: answer)
+    async with Simulator(activity=False) as sim, Client(sim.account()) as client:
+        with pytest.raises(MalformedReplyError):
+            await client.call("makeCall", {"number": "34612345678"})
+
+
+async def test_empty_reply_is_malformed_where_data_is_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty 200 is a success only for acknowledgements: getUsers answering nothing is malformed."""
+    monkeypatch.setattr(Simulator, "getUsers", lambda self, req: web.Response(status=200))
+    async with Simulator(activity=False) as sim, Client(sim.account()) as client:
+        with pytest.raises(MalformedReplyError):
+            await client.call("getUsers")

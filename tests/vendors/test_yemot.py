@@ -8,7 +8,8 @@ from datetime import datetime
 import av
 import pytest
 
-from pbxbridge.vendors.errors import VendorPermanentError
+from pbxbridge.vendors.errors import VendorAuthError, VendorPermanentError
+from pbxbridge.vendors.simulator import SimError
 from pbxbridge.vendors.yemot import Client, Simulator
 from pbxbridge.vendors.yemot.operations import ISRAEL, SmsRow
 
@@ -69,3 +70,15 @@ def test_unknown_pirsum_action_is_rejected() -> None:
 
     with pytest.raises(ValueError):
         VENDOR.operation("PirsumPhoneManagement").parse_request({"action": "Explode"})
+
+
+async def test_refused_login_is_an_auth_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Login answering responseStatus ERROR (wrong password) is VendorAuthError, not permanent."""
+    def refuse(self, req):
+        raise SimError("שם משתמש או סיסמה שגויים", code="LOGIN_FAILED")
+
+    monkeypatch.setattr(Simulator, "Login", refuse)
+    async with Simulator(activity=False) as sim, Client(sim.account()) as client:
+        with pytest.raises(VendorAuthError) as info:
+            await client.call("GetSmsIncomingLog", {"limit": 1})
+    assert info.value.kind == "auth" and ("Login", "error:LOGIN_FAILED") in sim.requests

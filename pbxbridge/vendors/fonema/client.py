@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from pbxbridge.vendors.client import VendorClient
-from pbxbridge.vendors.errors import AuthExpired, VendorAuthError, VendorNotFound, VendorPermanentError
+from pbxbridge.vendors.errors import VendorAuthError, VendorNotFound, VendorPermanentError
 from pbxbridge.vendors.fonema.operations import TOKEN_PARAMETER, VENDOR
 from pbxbridge.vendors.operation import Operation
 
@@ -32,12 +32,7 @@ class FonemaClient(VendorClient):
         username, password = self.account.username, self.account.secret("password")
         if not username or not password:
             raise VendorAuthError("account needs username and password", vendor="fonema", operation="login")
-        op = VENDOR.operation("login")
-        response = await self._send(op, self.build_request(op, op.parse_request({"login": username, "password": password})))
-        try:
-            reply = self.parse_reply(op, self.decode(op, response))
-        except (AuthExpired, VendorPermanentError):
-            raise VendorAuthError("login refused", vendor="fonema", operation="login") from None
+        reply = await self.open_session({"login": username, "password": password})
         return reply.token
 
     def auth_headers(self) -> dict[str, str]:
@@ -52,6 +47,11 @@ class FonemaClient(VendorClient):
         self.raise_for_status(op, response)
         if op.returns_bytes:
             return response.content
+        text = self.text(response)
+        if not text or text == "OK":
+            # The documented bare successes: "the code 200" with nothing else, or "OK". Only
+            # replies declared to accept them (``Ack``) do; any other operation finds them malformed.
+            return text or None
         body = self.json(op, response)
         if isinstance(body, dict) and "response" in body:
             return body["response"]
@@ -59,8 +59,8 @@ class FonemaClient(VendorClient):
 
     def _raise_vendor_error(self, op: Operation, response: httpx.Response) -> None:
         try:
-            body = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = json.loads(self.text(response))
+        except json.JSONDecodeError:
             return  # no JSON error: an outage, left to raise_for_status (transient)
         if not isinstance(body, dict):
             return

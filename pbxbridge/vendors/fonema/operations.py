@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from pbxbridge.vendors.operation import NoParams, Operation, Reply, Request, Upload, Vendor, WireSecret
 
@@ -59,9 +59,24 @@ VoiceMailFolder = Literal["inbox", "old"]
 # ---- replies shared by many methods ----------------------------------------------------
 
 class Ack(Reply):
-    """Methods documented as "the code 200 on success, an error 500 on failure"."""
+    """Methods documented as "the code 200 on success, an error 500 on failure", or "OK".
+
+    The bare successes (an empty 200, ``OK``) are accepted as they are; a JSON body whose
+    ``code`` is not a success code is not a success."""
 
     code: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_success(cls, value: Any) -> Any:
+        return {} if value is None or value == "OK" else value
+
+    @field_validator("code")
+    @classmethod
+    def _success_code(cls, code: int | None) -> int | None:
+        if code is not None and not 200 <= code < 300:
+            raise ValueError(f"code {code} is not a success")
+        return code
 
 
 class Created(Ack):
@@ -250,7 +265,16 @@ class BuyDid(DidGroupQuery):
 
 
 class BoughtDid(Reply):
+    """buyDID "returns the numeric id of the DID bought": a bare ``4711``, or ``{"id": 4711}``."""
+
     id: int = Field(description="the new DID's id")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_id(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) or isinstance(value, str) and value.isdigit():
+            return {"id": int(value)}
+        return value
 
 
 class CancelDid(Request):

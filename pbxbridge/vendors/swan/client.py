@@ -41,8 +41,28 @@ class SwanClient(VendorClient):
         body = self.json(op, response)
         if not isinstance(body, dict) or "error" not in body:
             raise MalformedReplyError("reply has no error/result envelope", excerpt=str(body), vendor="swan", operation=op.name)
-        if body["error"]:
+        if _is_set(body["error"], op):
             message = str(body.get("error-msg") or "error")
             error = VendorNotFound if any(h in message.lower() for h in _NOT_FOUND_HINTS) else VendorPermanentError
             raise error(message, code=body.get("error-code", "error"), vendor="swan", operation=op.name)
-        return body.get("result")
+        result = body.get("result")
+        if isinstance(result, dict) and "success" in result and not _is_set(result["success"], op):
+            # {"error": false, "result": {"success": false}}: the PBX understood and did not do it.
+            message = str(body.get("error-msg") or "the PBX answered success: false")
+            raise VendorPermanentError(message, code="success:false", vendor="swan", operation=op.name)
+        return result
+
+
+_TRUE, _FALSE = {True, 1, "true", "1"}, {False, 0, None, "false", "0", ""}
+
+
+def _is_set(flag: Any, op: Operation) -> bool:
+    """SWAN's booleans, also as strings (``"error": "false"`` is not an error)."""
+    value = flag.strip().lower() if isinstance(flag, str) else flag
+    if isinstance(value, (dict, list, float)):
+        value = object()  # unhashable or fractional: no documented boolean
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise MalformedReplyError(f"not a boolean: {str(flag)[:40]!r}", vendor="swan", operation=op.name)

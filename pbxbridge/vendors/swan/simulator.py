@@ -98,6 +98,8 @@ class SwanSimulator(SimulatorBase):
         return web.Response(body=synth(rec["seconds"], "mp3"), content_type="audio/mpeg")
 
     def reply(self, op: Operation, payload: Any) -> web.StreamResponse:
+        if isinstance(payload, web.StreamResponse):
+            return payload  # a handler answering in its own shape
         return super().reply(op, {"error": False, "error-msg": None, "result": payload})
 
     def error_reply(self, op: Operation | None, error: SimError) -> web.StreamResponse:

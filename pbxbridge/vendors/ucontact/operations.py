@@ -17,13 +17,29 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, model_validator
 
 from pbxbridge.vendors.operation import JsonEncoded, NoParams, Operation, Reply, Request, Vendor, WireSecret
 
 _DATETIME = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
-Flag = Annotated[bool, BeforeValidator(lambda v: v if isinstance(v, bool) else str(v).strip().strip('"') == "1")]
 Text = Annotated[str, BeforeValidator(lambda v: str(v).strip().strip('"') if v is not None else "")]
+
+
+def _documented_one(value: object) -> bool:
+    """``1`` is the documented success; any other answer (``0`` is an error already) is not."""
+    if value is True or str(value).strip().strip('"') == "1":
+        return True
+    raise ValueError(f"expected the documented 1, got {str(value)[:40]!r}")
+
+
+# The documented "Resultado: 1": true, or the reply is malformed (never "false" reported as done).
+Flag = Annotated[bool, BeforeValidator(_documented_one)]
+# A call's GUID: a UUID like the document's example (7e4e7db9-f080-494e-b04b-7c8e47711558), or
+# an Asterisk unique id (1542305234.123). A page, an empty body or other words are not one.
+CallGuid = Annotated[Text, StringConstraints(
+    pattern=r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|\d{6,}\.\d+)$")]
+# getUserToken's token, a quoted string: printable, no blanks or markup.
+SessionToken = Annotated[Text, StringConstraints(pattern=r"^[A-Za-z0-9._~+/=:-]{4,512}$")]
 
 
 def direction(campaign: str) -> Literal["inbound", "outbound"] | None:
@@ -101,9 +117,24 @@ class DispositionCall(Request):
     tag: str | None = None
 
 
+def _ok(value: str) -> str:
+    if value.lower() != "ok":
+        raise ValueError(f"Result is {value[:40]!r}, not ok")
+    return value
+
+
 class DispositionReply(Reply):
-    Result: str
+    """JSON ``{"Result": "ok", "txtcode": ...}``, or the bare ``1`` the document also gives."""
+
+    Result: Annotated[str, AfterValidator(_ok)]
     txtcode: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_one(cls, value: Any) -> Any:
+        if not isinstance(value, dict) and _documented_one(value):
+            return {"Result": "ok"}
+        return value
 
 
 class BlackEntry(Request):
@@ -353,15 +384,15 @@ VENDOR = Vendor(
     "uContact (Integra)",
     document="001_d6344948f6c48476.txt",
     operations=[
-        op("auth/getUserToken", TokenRequest, str, "Open a session: the token for Basic auth.", {}, retry_safe=True,
+        op("auth/getUserToken", TokenRequest, SessionToken, "Open a session: the token for Basic auth.", {}, retry_safe=True,
            exposed=False),
         op("Supervisor/queuesummary", NoParams, QueueSummaryReply, "Every campaign's queue, briefly.", {}, retry_safe=True),
         op("Supervisor/campaignstatus", CampaignStatusRequest, CampaignStatusReply,
            "Campaign statistics; for one campaign, its agents too.", {"queue": "test->"}, retry_safe=True),
-        op("Agents/AgentCall", AgentCall, Text, "Two-step call: ring the agent, then the destination; returns the call GUID.",
+        op("Agents/AgentCall", AgentCall, CallGuid, "Two-step call: ring the agent, then the destination; returns the call GUID.",
            {"callerid": "59829000000", "agent": "Santiago", "phone": "1001", "context": "from-internal",
             "outqueue": "test->", "destination": "59899123456"}),
-        op("Agents/AgentCallwithData", AgentCallWithData, Text, "AgentCall with data for the workflow and a form.",
+        op("Agents/AgentCallwithData", AgentCallWithData, CallGuid, "AgentCall with data for the workflow and a form.",
            {"callerid": "59829000000", "agent": "Santiago", "phone": "1001", "context": "from-internal",
             "outqueue": "test->", "destination": "59899123456", "data": "{\"id\": 7}", "form": "ventas"}),
         op("Agents/HangupPhone", HangupPhone, Flag, "Hang up an agent phone's call.", {"phone": "1010"}, retry_safe=True),

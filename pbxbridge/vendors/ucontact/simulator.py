@@ -109,7 +109,14 @@ class UContactSimulator(SimulatorBase):
         return app
 
     async def _recording_file(self, request: web.Request) -> web.StreamResponse:
+        """The recording servers want the same session as the API (a 401 when it expired)."""
+        try:
+            self._check_session(request)
+        except Unauthorized:
+            self.requests.append(("recording", "error:auth"))
+            return web.Response(status=401, text="Unauthorized")
         data = self.files.get(request.match_info["place"])
+        self.requests.append(("recording", "ok" if data is not None else "error:404"))
         if data is None:
             return web.Response(status=404, text="Not Found")
         return web.Response(body=data, content_type="audio/mpeg" if request.path.endswith(".mp3") else "audio/x-gsm")
@@ -127,8 +134,10 @@ class UContactSimulator(SimulatorBase):
         return web.Response(status=400, text=error.message)
 
     def authenticate(self, op: Operation, request: web.Request, params: dict[str, Any]) -> None:
-        if op.name == "getUserToken":
-            return
+        if op.name != "getUserToken":
+            self._check_session(request)
+
+    def _check_session(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         try:
             user, _, token = base64.b64decode(header.removeprefix("Basic ")).decode().partition(":")

@@ -24,22 +24,22 @@ class YemotClient(VendorClient):
     vendor = VENDOR
     login_operation = "Login"
 
-    async def login(self) -> str:
+    def static_token(self) -> str | None:
+        """A fixed ``token`` credential, or ``<number>:<password>`` with ``login = "direct"``:
+        credentials, not sessions, so never written to the shared token store."""
         fixed = self.account.secret("token")
         if fixed:
             return fixed
         username, password = self.account.username, self.account.secret("password")
+        if username and password and self.account.options.model_extra.get("login") == "direct":
+            return f"{username}:{password}"
+        return None
+
+    async def login(self) -> str:
+        username, password = self.account.username, self.account.secret("password")
         if not username or not password:
             raise VendorAuthError("account needs username + password, or a token", vendor="yemot", operation="Login")
-        if self.account.options.model_extra.get("login") == "direct":
-            return f"{username}:{password}"
-        op = VENDOR.operation("Login")
-        request = self.build_request(op, op.parse_request({"username": username, "password": password}))
-        response = await self._send(op, request)
-        try:
-            reply = self.parse_reply(op, self.decode(op, response))
-        except AuthExpired:
-            raise VendorAuthError("login refused", vendor="yemot", operation="Login") from None
+        reply = await self.open_session({"username": username, "password": password})
         return reply.token
 
     def auth_params(self, op: Operation) -> dict[str, Any]:

@@ -17,14 +17,19 @@ from pbxbridge.config import Account
 from pbxbridge.events import SmsReceived
 from pbxbridge.phones import phone_field
 from pbxbridge.vendors.client import VendorClient
+from pbxbridge.vendors.errors import MalformedReplyError
 from pbxbridge.vendors.yemot.operations import ISRAEL, SmsRow
 from pbxbridge.feeds import Feed, FetchWindow
 
 
-async def fetch_sms(client: VendorClient, window: FetchWindow) -> list[SmsRow]:
+async def fetch_sms(client: VendorClient, window: FetchWindow) -> list[Any]:
+    """The log's rows as sent (the poller validates them one by one: one bad row is not a bad page)."""
     day = window.since.astimezone(ISRAEL).date().isoformat()
-    reply = await client.call("GetSmsIncomingLog", {"startDate": day, "limit": window.limit})
-    return reply.rows
+    reply = await client.call_unparsed("GetSmsIncomingLog", {"startDate": day, "limit": window.limit})
+    rows = reply.get("rows", []) if isinstance(reply, dict) else None
+    if not isinstance(rows, list):
+        raise MalformedReplyError("rows is not a list", excerpt=str(rows)[:200], vendor="yemot", operation="GetSmsIncomingLog")
+    return rows
 
 
 def sms_key(row: SmsRow) -> str:
@@ -57,6 +62,7 @@ SMS = Feed(
     name="sms",
     event=SmsReceived,
     fetch=fetch_sms,
+    parse=SmsRow.model_validate,
     key=sms_key,
     time=sms_time,
     build=sms_event,
