@@ -235,6 +235,7 @@ class Outcomes:
         self.dead_letters: set[str] = set()
         self.leaks = 0  # results or dead letters quoting SECRET
         self.unreadable = 0  # results or dead letters that are not JSON with a command_id
+        self.largest = 0  # bytes of the largest result or dead letter
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> "Outcomes":
@@ -256,6 +257,7 @@ class Outcomes:
                 msg = await sub.next_msg(timeout=1.0)
                 if SECRET.encode() in msg.data:
                     self.leaks += 1
+                self.largest = max(self.largest, len(msg.data))
                 try:
                     sink(from_json(msg.data))
                 except (ValueError, KeyError, TypeError):  # a result or dead letter a reader cannot use
@@ -373,7 +375,8 @@ async def bench(count: int, seed: int) -> int:
                   f"with a dead letter: {sum(1 for m in sent if any(i in outcomes.dead_letters for i in m.ids))}")
             print(f"with neither a result nor a dead letter: {len(missing)}")
             print(f"command ids with two different results: {outcomes.double_results()}; "
-                  f"secret leaks: {outcomes.leaks}; unreadable results or dead letters: {outcomes.unreadable}")
+                  f"secret leaks: {outcomes.leaks}; unreadable results or dead letters: {outcomes.unreadable}; "
+                  f"largest: {outcomes.largest} bytes")
             unsafe_calls = sum(1 for op, _ in sim.requests if op == "QueueManagement")
             print(f"QueueManagement calls answered by the vendor: {unsafe_calls}; commands that reached it: "
                   f"{outcomes.vendor_outcomes(UNSAFE)}; double executions: {unsafe_calls - outcomes.vendor_outcomes(UNSAFE)}")

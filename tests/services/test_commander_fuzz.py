@@ -65,7 +65,7 @@ async def test_every_fuzzed_message_ends_with_a_result_or_a_dead_letter(
     fuzz_rig: tuple[Rig, Outcomes], data: st.DataObject,
 ) -> None:
     """A batch of fuzzed messages: each one answered (result or dead letter), none twice with
-    different results, no secret in any of them, one QueueManagement call per command that reached
+    different results, none larger than its bound or leaking a secret, one QueueManagement call per command that reached
     it (not safe to repeat), and a good command still succeeds after."""
     rig, outcomes = fuzz_rig
     chooser = HypothesisChooser(data)
@@ -78,6 +78,7 @@ async def test_every_fuzzed_message_ends_with_a_result_or_a_dead_letter(
     assert not missing, [(m.subject[:80], {k: v[:80] for k, v in m.headers.items()}, m.body[:80]) for m in missing]
     assert outcomes.double_results() == 0
     assert outcomes.leaks == 0 and outcomes.unreadable == 0
+    assert outcomes.largest <= 128 * 1024, "a result or dead letter quotes more than its bound"
     assert (await rig.send("op.GetQueueRealTime", {"queuePath": "ivr2:/5"}, timeout=20)).status == "succeeded"
     double_executions = rig.sim.arrived("QueueManagement") - outcomes.vendor_outcomes(UNSAFE)
     assert double_executions == 0, "a command not safe to repeat reached the vendor twice (or without a result)"
