@@ -10,12 +10,12 @@ import re
 import nats.protocol.parser
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig
 
 from pbxbridge.bus import Bus
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
-from pbxbridge.config import Config
+from pbxbridge.config import Config, Settings
 from pbxbridge.vendors import client_for
 from services.commander.handler import CommandHandler
 from services.commander.plan import Delivery
@@ -41,6 +41,24 @@ def read_any_subject() -> None:
         rb"\AHMSG" + gap + field + gap + field + gap + rb"(" + field + gap + rb")?(\d+)" + gap + rb"(\d+)\r\n")
 
 
+def commands_consumer(bus: Bus, settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=CONSUMER,
+        filter_subject=bus.subjects.all_commands,
+        ack_policy=JetStreamAckPolicy.EXPLICIT,
+        # One delivery beyond the handler's last (which always concludes), so a worker dying on
+        # that one still ends the command.
+        max_deliver=settings.command_max_deliveries + 1,
+        # Work in progress says so: ``in_progress`` with every claim heartbeat.
+        ack_wait=settings.command_ack_wait,
+    )
+
+
+async def ensure_commands_consumer(bus: Bus, settings: Settings) -> None:
+    """Create or update the shared consumer: subscribing to an existing durable keeps its old settings."""
+    await bus.js.add_consumer(bus.names.commands, commands_consumer(bus, settings))
+
+
 async def raw_body(msg: NatsMessage) -> bytes:
     """FastStream's decoder would parse JSON before our handler runs, and a body it cannot parse
     (deep nesting, a 5,000-digit number, a bad body under ``content-type``) would never reach
@@ -53,8 +71,10 @@ def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroke
     read_any_subject()
     broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
 
+    consumer = commands_consumer(bus, settings)
+
     @broker.subscriber(
-        bus.subjects.all_commands,
+        consumer.filter_subject,
         stream=JStream(bus.names.commands, declare=False),
         durable=CONSUMER,
         pull_sub=PullSub(batch_size=settings.command_concurrency, timeout=1.0),
@@ -62,13 +82,7 @@ def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroke
         decoder=raw_body,
         # Acks are ours: FastStream's default would terminate a message whose handler raised.
         ack_policy=AckPolicy.MANUAL,
-        config=ConsumerConfig(
-            # Unlimited for JetStream: the handler concludes on delivery ``command_max_deliveries``,
-            # so a message never stops being delivered before it has its result.
-            max_deliver=-1,
-            # Work in progress says so (``in_progress`` with every claim heartbeat).
-            ack_wait=settings.command_ack_wait,
-        ),
+        config=consumer,
     )
     async def on_command(msg: NatsMessage) -> None:
         raw = msg.raw_message
@@ -95,6 +109,7 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     ledger = Ledger(await bus.js.key_value(bus.names.ledger))
     tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
     clients = {a.key: client_for(a, token_store=tokens) for a in config.accounts}
+    await ensure_commands_consumer(bus, config.settings)
     broker = build_broker(bus, CommandHandler(config, bus, ledger, clients), config)
     log.info("commander %s: %d account(s)", config.settings.instance, len(clients))
     try:

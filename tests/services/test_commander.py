@@ -218,6 +218,20 @@ async def test_unknown_account_is_rejected(rig: Rig) -> None:
     assert result.status == "rejected" and "nobody" in result.error["message"]
 
 
+async def test_start_up_updates_an_existing_consumer(settings: Settings, bus: Bus) -> None:
+    """A durable left by an older commander (7 deliveries, 30 s) takes the current settings."""
+    from nats.js.api import ConsumerConfig
+
+    await bus.js.add_consumer(bus.names.commands, ConsumerConfig(
+        durable_name="commander", filter_subject=bus.subjects.all_commands, max_deliver=7, ack_wait=30,
+    ))
+    settings.command_ack_wait, settings.command_max_deliveries = 7.0, 50
+    async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
+        assert (await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})).status == "succeeded"
+        info = await bus.js.consumer_info(bus.names.commands, "commander")
+    assert (info.config.max_deliver, info.config.ack_wait) == (51, 7.0)
+
+
 async def test_commander_survives_a_bus_restart(settings: Settings, nats_server, bus: Bus) -> None:
     """After nats-server is killed and restarted, commands are handled again."""
     settings.command_backoff = 0.05
