@@ -1,6 +1,7 @@
-"""What follows from the declarations: the operation list, the JSON Schemas in ``schemas/``
-and the coverage table in ``docs/operations.md``. Generated, never written by hand; a test
-fails when the committed files drift from the code."""
+"""What follows from the declarations: the operation list, the JSON Schemas in ``schemas/``,
+the coverage table in ``docs/operations.md`` and the vendor × event table in
+``docs/events.md``. Generated, never written by hand; a test fails when the committed files
+drift from the code."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 from pbxbridge.bus.envelope import schema_uri
 from pbxbridge.bus.outcomes import DEAD_LETTER_TYPE, DeadLetterData
 from pbxbridge.commands import NEUTRAL_COMMANDS, RESULT_TYPE, Result
-from pbxbridge.events import EVENT_TYPES
+from pbxbridge.events import EVENT_TYPES, EventData, FeedHealth, RecordingArchived, StateChangeData
+from pbxbridge.feeds import StateFeed, feeds_of
 from pbxbridge.recordings import RECORDING_JOB_TYPE, RecordingJob
 from pbxbridge.vendors import all_vendors, optional_module
 
@@ -89,4 +91,72 @@ def coverage_markdown() -> str:
             lines.append(
                 f"| `{op.name}` | {op.method} | `{op.path}` | {command} | {'yes' if op.retry_safe else 'no'} | {summary} |"
             )
+    return "\n".join(lines) + "\n"
+
+
+# Made by pbxbridge itself, whatever the vendor: not in the vendor × event table.
+BRIDGE_EVENTS = (FeedHealth, RecordingArchived)
+# Filled by the poller for every event (and every state event): not the vendor's to provide.
+_ENVELOPE_FIELDS = set(StateChangeData.model_fields)
+
+
+def catalogue_events() -> list[type[EventData]]:
+    """The vendor-neutral event types a vendor's feeds may produce."""
+    return [e for e in EVENT_TYPES if e not in BRIDGE_EVENTS]
+
+
+def event_fields(event: type[EventData]) -> list[str]:
+    """The event's own fields, as they appear in its data (aliases), envelope fields left out."""
+    return [f.alias or name for name, f in event.model_fields.items() if name not in _ENVELOPE_FIELDS]
+
+
+def _is_unavailable(event: type[EventData], field: str, unavailable: tuple[str, ...]) -> bool:
+    names = {field} | {name for name, f in event.model_fields.items() if f.alias == field}
+    return not names.isdisjoint(unavailable)
+
+
+def _codes(names: Any) -> str:
+    return ", ".join(f"`{n}`" for n in names) or "–"
+
+
+def events_markdown() -> str:
+    """For each vendor and catalogue event: the feed and documented operations that produce it,
+    the fields the vendor fills and those it cannot provide (from the feed declarations)."""
+    vendors, events = all_vendors(), catalogue_events()
+    feeds = {v.name: feeds_of(v.name) for v in vendors}
+    lines = [
+        "# Events by vendor",
+        "",
+        "Generated from the feed declarations by `pbxbridge docs`; do not edit by hand.",
+        "",
+        "Which feed of each vendor produces each catalogue event (a log feed reads records since a",
+        "cursor; a state feed compares the vendor's state now with the last look and announces each",
+        "entity that appeared, changed or disappeared). Every event also carries `vendor`, `account`,",
+        "`key`, `occurred_at` and the vendor's `original` record; state events add `change` and",
+        f"`sequence`. {' and '.join(f'`{e.event}`' for e in BRIDGE_EVENTS)} are made by pbxbridge itself.",
+        "",
+        "| event | " + " | ".join(v.title for v in vendors) + " |",
+        "| --- |" + " --- |" * len(vendors),
+    ]
+    for event in events:
+        cells = [_codes(f.name for f in feeds[v.name] if event in f.produces) for v in vendors]
+        lines.append(f"| `{event.event}` | " + " | ".join(cells) + " |")
+    for v in vendors:
+        lines += ["", f"## {v.title}", ""]
+        if not feeds[v.name]:
+            lines.append(f"No feeds declared: {v.title} produces no events yet.")
+            continue
+        lines += ["| event | feed | kind | operations | fields filled | not available |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for event in events:
+            for feed in (f for f in feeds[v.name] if event in f.produces):
+                fields = event_fields(event)
+                missing = [f for f in fields if _is_unavailable(event, f, feed.unavailable)]
+                filled = [f for f in fields if f not in missing]
+                kind = "state" if isinstance(feed, StateFeed) else "log"
+                lines.append(f"| `{event.event}` | `{feed.name}` | {kind} | {_codes(feed.operations)} | "
+                             f"{_codes(filled)} | {_codes(missing)} |")
+        absent = [e.event for e in events if not any(e in f.produces for f in feeds[v.name])]
+        if absent:
+            lines += ["", f"Not produced: {_codes(absent)}."]
     return "\n".join(lines) + "\n"

@@ -98,6 +98,16 @@ def _options(
     pass
 
 
+def _require_simulators() -> None:
+    """The simulators' packages (aiohttp, numpy) are the ``sim`` extra: the workers never need them."""
+    import importlib.util
+
+    missing = [m for m in ("aiohttp", "numpy") if importlib.util.find_spec(m) is None]
+    if missing:
+        _fail(f"the vendor simulators need {', '.join(missing)}: pip install 'pbxbridge[sim]' "
+              "(from the repository: pip install -e '.[sim]'; the test extra includes it)")
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
@@ -144,6 +154,7 @@ def demo(
 ) -> None:
     """Embedded NATS + simulated vendors + all workers, printing events and results as they flow."""
     _settings()  # a bad PBX_* variable stops here with one line
+    _require_simulators()
     _logging(verbose)
     if not verbose:
         logging.getLogger("pbxbridge").setLevel(logging.WARNING)
@@ -291,6 +302,7 @@ def simulate(
     activity: Annotated[bool, typer.Option(help="generate activity over time")] = True,
 ) -> None:
     """Run one vendor simulator: a real HTTP server implementing every declared operation."""
+    _require_simulators()
     _logging(False)
     from pydantic import ValidationError
 
@@ -360,11 +372,15 @@ def schemas(out: Annotated[Path, typer.Option(help="folder to write into")] = Pa
 
 
 @app.command()
-def docs(out: Annotated[Path, typer.Option(help="file to write")] = Path("docs/operations.md")) -> None:
-    """Write the operation coverage table."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(catalog.coverage_markdown())
-    typer.echo(f"wrote {out}")
+def docs(
+    out: Annotated[Path, typer.Option(help="operation coverage file to write")] = Path("docs/operations.md"),
+    events: Annotated[Path, typer.Option(help="vendor × event table to write")] = Path("docs/events.md"),
+) -> None:
+    """Write the operation coverage table and the vendor × event table."""
+    for path, text in ((out, catalog.coverage_markdown()), (events, catalog.events_markdown())):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ SLUG = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 # The archive codecs services/recordings/convert.py can write (a test keeps the two in step).
 RecordingFormat = Literal["opus", "mp3", "flac", "wav"]
 RECORDING_FORMATS: tuple[str, ...] = get_args(RecordingFormat)
+RecordingArchive = Literal["object-store", "s3"]
 
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/\s]+)@")
@@ -114,6 +115,11 @@ class AccountOptions(BaseModel):
     max_download_bytes: int = Field(2**30, ge=1024, description="largest recording file fetched")
     poll_interval: float = Field(5.0, gt=0, description="seconds between polls of one feed")
     feeds: list[str] | None = Field(None, description="feeds to poll; default: all the vendor has")
+    feed_intervals: dict[str, Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="seconds between polls per feed (by feed or event name); default: the feed's own, else poll_interval",
+    )
+    archive_recordings: bool = Field(False, description="archive every call.ended/voicemail.received recording, unasked")
+    archive: RecordingArchive | None = Field(None, description="where this account's recordings go; default: recording_archive")
 
     @field_validator("phone_region")
     @classmethod
@@ -134,9 +140,9 @@ def vendor_option_fields(vendor: str) -> dict[str, tuple[Any, Any]]:
 
 
 def _feed_names(vendor: str) -> set[str]:
-    from pbxbridge.feeds import feeds_of
+    from pbxbridge.feeds import known_names
 
-    return {name for feed in feeds_of(vendor) for name in (feed.name, feed.event.event)}
+    return known_names(vendor)
 
 
 class _StrictOptions(AccountOptions):
@@ -148,7 +154,7 @@ def vendor_options_model(vendor: str) -> type[AccountOptions]:
     """The options an account of ``vendor`` may set, every one checked, no other name allowed."""
     known_feeds = _feed_names(vendor)
 
-    def known_feeds_only(names: list[str] | None) -> list[str] | None:
+    def known_feeds_only(names: Any) -> Any:  # a list of names, or a mapping keyed by them
         unknown = sorted(set(names or ()) - known_feeds)
         if unknown:
             raise ValueError(
@@ -159,7 +165,7 @@ def vendor_options_model(vendor: str) -> type[AccountOptions]:
     return create_model(
         f"{vendor.title()}Options",
         __base__=_StrictOptions,
-        __validators__={"_known_feeds": field_validator("feeds")(known_feeds_only)},
+        __validators__={"_known_feeds": field_validator("feeds", "feed_intervals")(known_feeds_only)},
         **vendor_option_fields(vendor),
     )
 
@@ -290,6 +296,15 @@ class Settings(BaseSettings):
     recording_claim_ttl: float = Field(
         30, gt=0, description="seconds an archive name stays claimed by a worker that stopped renewing it"
     )
+    recording_archive: RecordingArchive = Field("object-store", description="default archive: the bus's Object Store, or S3")
+    recording_s3_endpoint: str | None = Field(None, description="S3-compatible endpoint URL; unset: AWS for the region")
+    recording_s3_bucket: str | None = Field(None, description="S3 bucket for archives")
+    recording_s3_region: str = Field("us-east-1", description="S3 region")
+    recording_s3_access_key_id: SecretStr | None = Field(None, description="unset: the AWS default credential chain")
+    recording_s3_secret_access_key: SecretStr | None = None
+    recording_s3_access_key_id_file: Path | None = Field(None, description="a secret file holding the access key id")
+    recording_s3_secret_access_key_file: Path | None = Field(None, description="a secret file holding the secret key")
+    recording_s3_part_size: int = Field(8 * 2**20, ge=5 * 2**20, description="multipart upload part size, bytes")
     command_max_deliver: int = Field(6, ge=1, description="vendor attempts per command before it fails")
     command_backoff: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles per attempt")
     command_backoff_max: float = Field(60.0, gt=0, description="longest retry delay, seconds")

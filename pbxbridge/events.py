@@ -77,10 +77,15 @@ Change = Literal["appeared", "changed", "disappeared"]
 
 
 class RecordingRef(BaseModel):
-    """How to fetch a call's recording: send ``recording.fetch`` with this ``call_id``."""
+    """How to fetch a call's recording: send ``recording.fetch`` with this ``call_id`` (and ``call_date``)."""
 
     call_id: str
     url: str | None = Field(None, description="where the vendor serves it, when it says")
+    call_date: AwareDatetime | None = Field(
+        None, description="for recording.fetch's call_date, when the vendor files recordings by date")
+    extension: str | None = Field(
+        None, description="the extension whose permission fetches it, when the vendor checks one (SWAN): pass it to recording.fetch"
+    )
 
 
 class CallData(EventData):
@@ -95,6 +100,9 @@ class CallData(EventData):
     campaign: str | None = None
     started_at: AwareDatetime | None = None
     answered_at: AwareDatetime | None = None
+    # Filled when a state feed (calls in progress) saw the call appear or disappear; null from a call log.
+    change: Change | None = Field(None, description="appeared (call.started) or disappeared (call.ended), from a state feed")
+    sequence: int | None = Field(None, description="the state feed's change counter, from a state feed")
 
 
 class CallStarted(CallData):
@@ -134,6 +142,7 @@ class RegistrationChanged(StateChangeData):
     registered: bool
     contact: str | None = Field(None, description="the registered contact (user agent address), when given")
     agent: str | None = None
+    user_agent: str | None = Field(None, description="the registered device's software, when given")
 
 
 class AgentStatusChanged(StateChangeData):
@@ -152,6 +161,8 @@ class QueueStatusChanged(StateChangeData):
     longest_wait_seconds: float | None = None
     agents: dict[AgentStatus, int] = Field(default_factory=dict, description="agents by normalised status")
     entries: list[dict[str, Any]] | None = Field(None, description="the waiting callers, when the vendor lists them")
+    members: list[str] | None = Field(None, description="agents logged on the queue, when the vendor lists them")
+    counters: dict[str, float] = Field(default_factory=dict, description="statistics the vendor reports, by its own name")
 
 
 class CampaignStatusChanged(StateChangeData):

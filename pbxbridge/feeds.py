@@ -68,13 +68,19 @@ class Feed(Generic[R]):
     operations: tuple[str, ...] = ()
     unavailable: tuple[str, ...] = ()
 
+    @property
+    def produces(self) -> tuple[type[EventData], ...]:
+        """The event types this feed publishes (one, for a log feed)."""
+        return (self.event,)
+
     def matches(self, names: Sequence[str] | None) -> bool:
         """An account's ``options.feeds`` may name the feed or the event it produces."""
-        return names is None or self.name in names or self.event.event in names
+        return names is None or not names_of(self).isdisjoint(names)
 
 
-def feeds_of(vendor: str) -> list[Feed]:
-    """The vendor's declared feeds (``pbxbridge/vendors/<vendor>/feeds.py``), or none."""
+def feeds_of(vendor: str) -> list["AnyFeed"]:
+    """The vendor's declared feeds, log and state feeds alike, as ``FEEDS`` in
+    ``pbxbridge/vendors/<vendor>/feeds.py``; none when the vendor has no such module."""
     from pbxbridge.vendors import optional_module
 
     module = optional_module(vendor, "feeds")
@@ -127,5 +133,33 @@ class StateFeed:
     operations: tuple[str, ...] = ()  # as for Feed
     unavailable: tuple[str, ...] = ()
 
+    @property
+    def produces(self) -> tuple[type[EventData], ...]:
+        return self.events
+
     def matches(self, names: Sequence[str] | None) -> bool:
-        return names is None or self.name in names or any(e.event in names for e in self.events)
+        return names is None or not names_of(self).isdisjoint(names)
+
+
+AnyFeed = Feed | StateFeed
+
+
+def names_of(feed: AnyFeed) -> set[str]:
+    """The names an account may use for ``feed`` in ``options.feeds`` / ``options.feed_intervals``:
+    the feed's own name and the events it produces, whichever kind of feed it is."""
+    return {feed.name, *(event.event for event in feed.produces)}
+
+
+def known_names(vendor: str) -> set[str]:
+    """Every name that selects one of ``vendor``'s feeds."""
+    return {name for feed in feeds_of(vendor) for name in names_of(feed)}
+
+
+def interval_of(feed: AnyFeed, account: "Account") -> float:
+    """Seconds between polls: the account's per-feed override (by feed or event name), else
+    the feed's own default, else the account's ``poll_interval``."""
+    overrides = account.options.feed_intervals or {}
+    for name in (feed.name, *(event.event for event in feed.produces)):
+        if name in overrides:
+            return overrides[name]
+    return feed.interval or account.options.poll_interval

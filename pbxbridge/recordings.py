@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,16 @@ RECORDING_JOB_TYPE = "pbx.job.recording.fetch.v1"
 
 
 class RecordingJob(BaseModel):
-    """What the commander hands the recordings worker on ``pbx.jobs.recordings.<vendor>.<account>``."""
+    """What the recordings worker archives, from ``pbx.jobs.recordings.<vendor>.<account>``.
 
+    ``origin`` ``command``: handed over by the commander for a ``recording.fetch`` somebody sent;
+    it ends with that command's one result. ``event``: made by the worker itself from a
+    ``call.ended`` (or ``voicemail.received``) of an account with ``archive_recordings``; nobody
+    waits for a result, so its outcome stays in the ledger under ``ledger_key`` (and a failure
+    in a dead letter), and ``command_id`` is a synthetic ``auto:`` id naming the call and format."""
+
+    origin: Literal["command", "event"] = "command"
+    trigger: str | None = Field(None, description="event: the ce-id of the event that asked for the archive")
     command_id: str
     command: str
     vendor: str

@@ -92,6 +92,8 @@ def test_vendor_options_belong_to_their_vendor(tmp_path: Path) -> None:
     [
         ('login = "directly"', "options.login"),
         ('feeds = ["smss"]', "options.feeds"),
+        ("feed_intervals = { smss = 5 }", "options.feed_intervals"),
+        ("feed_intervals = { sms = 0 }", "options.feed_intervals.sms"),
         ('phone_region = "XX"', "options.phone_region"),
         ("poll_interval = 0", "options.poll_interval"),
     ],

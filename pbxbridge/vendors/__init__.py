@@ -2,7 +2,8 @@
 
 - ``VENDOR``: the ``Vendor`` with its declared operations (``operations.py``);
 - ``Client``: its ``VendorClient`` subclass (``client.py``): login, auth, envelope;
-- ``Simulator``: its ``SimulatorBase`` subclass (``simulator.py``): a real HTTP server;
+- ``Simulator``: its ``SimulatorBase`` subclass (``simulator.py``): a real HTTP server, loaded
+  lazily (a module ``__getattr__``) because its packages are the ``sim`` extra;
 - ``FEEDS`` (optional): what the poller watches (``feeds.py``);
 - ``NEUTRAL`` (optional): vendor-neutral commands mapped onto its operations (``neutral.py``);
 - ``ACCOUNT_OPTIONS`` (optional): account options only this vendor reads, ``name -> (type, default)``.

@@ -203,24 +203,28 @@ def _xor(records: Iterable[Stamped]) -> int:
     return mixed
 
 
-class CursorStore:
-    """One feed's cursor entry; remembers the revision it last read or wrote."""
+class FencedEntry:
+    """One KV entry written compare-and-set by one owner at a time; remembers the revision it
+    last read or wrote. ``owner_of`` reads the owner back out of a stored value."""
 
     def __init__(self, kv: KeyValue, key: str, owner: str) -> None:
         self.kv, self.key, self.owner = kv, key, owner
         self.revision: int | None = None
 
-    async def load(self) -> Cursor | None:
+    @staticmethod
+    def owner_of(value: bytes) -> str | None:
+        raise NotImplementedError
+
+    async def read(self) -> bytes | None:
         try:
             entry = await self.kv.get(self.key)
         except nats.js.errors.KeyNotFoundError:
             self.revision = None
             return None
         self.revision = entry.revision
-        return Cursor.from_bytes(entry.value)[0] if entry.value else None
+        return entry.value or None
 
-    async def save(self, cursor: Cursor) -> None:
-        data = cursor.to_bytes(self.owner)
+    async def write(self, data: bytes) -> None:
         try:
             if self.revision is None:
                 self.revision = await self.kv.create(self.key, data)
@@ -230,7 +234,22 @@ class CursorStore:
             # Our previous write may have landed although its reply was lost (bus restart):
             # then the entry is ours and we carry on from its revision.
             entry = await self.kv.get(self.key)
-            if entry.value and Cursor.from_bytes(entry.value)[1] == self.owner:
+            if entry.value and self.owner_of(entry.value) == self.owner:
                 self.revision = await self.kv.update(self.key, data, last=entry.revision)
                 return
             raise LostOwnership(self.key) from None
+
+
+class CursorStore(FencedEntry):
+    """One log feed's cursor entry."""
+
+    @staticmethod
+    def owner_of(value: bytes) -> str | None:
+        return Cursor.from_bytes(value)[1]
+
+    async def load(self) -> Cursor | None:
+        value = await self.read()
+        return Cursor.from_bytes(value)[0] if value else None
+
+    async def save(self, cursor: Cursor) -> None:
+        await self.write(cursor.to_bytes(self.owner))

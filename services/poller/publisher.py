@@ -117,19 +117,26 @@ async def publish_in_order(
     return duplicates
 
 
-async def stored_after(js: JetStreamContext, stream: str, subject: str, seq: int, *, batch: int = 1000) -> list[tuple[int, bytes]]:
-    """(sequence, body) of every message on ``subject`` stored after sequence ``seq``, oldest first."""
-    try:
-        last = (await js.get_last_msg(stream, subject)).seq
-    except nats.js.errors.NotFoundError:
-        return []
+async def stored_after(
+    js: JetStreamContext, stream: str, subject: str | Sequence[str], seq: int, *, batch: int = 1000,
+) -> list[tuple[int, bytes]]:
+    """(sequence, body) of every message on ``subject`` (or any of several subjects) stored
+    after sequence ``seq``, oldest first."""
+    subjects = [subject] if isinstance(subject, str) else list(subject)
+    last = 0
+    for one in subjects:
+        try:
+            last = max(last, (await js.get_last_msg(stream, one)).seq)
+        except nats.js.errors.NotFoundError:
+            continue
     if last <= seq:
-        return []  # the usual case after a clean stop: one round trip
+        return []  # the usual case after a clean stop: one round trip per subject
     config = ConsumerConfig(
         ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=seq + 1,
         inactive_threshold=30.0,  # removed by the server if we die while reading
+        **({"filter_subjects": subjects} if len(subjects) > 1 else {}),
     )
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    sub = await js.pull_subscribe(subjects[0] if len(subjects) == 1 else "", stream=stream, config=config)
     try:
         out: list[tuple[int, bytes]] = []
         while not out or out[-1][0] < last:

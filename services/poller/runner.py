@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import Counter as Tally
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -36,7 +36,7 @@ from pbxbridge.vendors.errors import (
     VendorRateLimited,
 )
 from services.poller.cursor import Cursor, CursorStore, LostOwnership, digest
-from pbxbridge.feeds import Feed, FetchWindow
+from pbxbridge.feeds import AnyFeed, Feed, FetchWindow, interval_of
 from services.poller.folds import FoldSettler
 from services.poller.lease import Lease
 from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order, stored_after
@@ -162,26 +162,149 @@ def _summary(exc: Exception) -> str:
     return type(exc).__name__
 
 
-class FeedPoller:
-    """Polls one feed while its lease is held. ``run`` raises LostOwnership if another
-    replica wrote the cursor."""
+class Poller:
+    """What every kind of feed's poller shares: the deadline schedule, publishing until
+    JetStream acknowledged, health reports and dead letters. A subclass says how to
+    ``start`` (load what it remembers) and how to ``poll_once``; ``run`` raises LostOwnership
+    if another replica wrote the feed's KV entry."""
+
+    def __init__(
+        self, bus: Bus, account: Account, client: VendorClient, feed: AnyFeed,
+        *, meters: Meters, tuning: Tuning | None = None,
+    ) -> None:
+        self.bus, self.account, self.client, self.feed = bus, account, client, feed
+        self.meters, self.tuning = meters, tuning or Tuning()
+        self.attrs = {"vendor": account.vendor, "account": account.id, "feed": feed.name}
+        # Where the feed's (first) event goes; dead letters name it.
+        self.subject = bus.subjects.event(account.vendor, account.id, feed.produces[0].event)
+        self.health_subject = bus.subjects.event(account.vendor, account.id, FeedHealth.event)
+        self.source = f"pbxbridge/{account.vendor}/{account.id}"
+        self.reported = OK
+        self.pin = HeapPinning()
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def poll_once(self, stop: asyncio.Event) -> float | None:
+        """One poll; returns a minimum delay before the next one, if any."""
+        raise NotImplementedError
+
+    async def publish_acked(
+        self, messages: list[Outgoing], stop: asyncio.Event, on_acked: Callable[[int, int], Awaitable[None]],
+    ) -> bool:
+        """Publish until every message is acked (True) or ``stop`` (False). ``on_acked(n, seq)``
+        is told each acknowledged prefix, the last of it at stream sequence ``seq``; a run the
+        bus interrupted resumes after that prefix (``Nats-Msg-Id`` drops what was stored anyway)."""
+        committed = 0
+
+        async def checkpoint(acked: int, seq: int) -> None:
+            nonlocal committed
+            if acked > committed:
+                await on_acked(acked, seq)
+                self.meters.published.add(acked - committed, self.attrs)
+                committed = acked
+
+        backoff, duplicates = self.tuning.retry_backoff, 0
+        while committed < len(messages):
+            try:
+                duplicates += await publish_in_order(
+                    self.bus.js, messages, start=committed, window=self.tuning.window,
+                    ack_timeout=self.tuning.ack_timeout, checkpoint_every=self.tuning.checkpoint_every,
+                    on_acked=checkpoint,
+                )
+            except PublishInterrupted as exc:
+                await checkpoint(exc.acked, exc.seq)
+                self.meters.publish_retries.add(1, self.attrs)
+                log.warning("%s: bus did not confirm (%r); retrying from event %d of %d",
+                            self.label, exc.cause, committed, len(messages))
+                if await wait_or_stop(stop, backoff):
+                    return False
+                backoff = min(backoff * 2, 5.0)
+        if messages:
+            log.info("%s: published %d event(s)%s", self.label, len(messages),
+                     f", {duplicates} already on the bus" if duplicates else "")
+        return True
+
+    async def dead_letter(self, record_id: str, raw: Any, reason: str) -> bool:
+        letter = DeadLetter(
+            kind="feeds", vendor=self.account.vendor, account=self.account.id, what=self.feed.name,
+            command_id=record_id, reason=reason, subject=self.subject, headers={},
+            body=json.dumps(raw, default=str).encode(),
+        )
+        try:
+            await dead_letter(self.bus, letter)
+            return True
+        except _BUS_ERRORS as exc:
+            log.warning("%s: dead letter not published (next poll tries again): %s", self.label, exc)
+            return False
+
+    # ---- health ----------------------------------------------------------------------------
+
+    async def failed(self, exc: BaseException) -> None:
+        status = status_of(exc)
+        self.meters.feed_errors.add(1, {**self.attrs, "status": status})
+        if status == "malformed_reply":
+            self.meters.malformed.add(1, self.attrs)
+        log.warning("%s: poll failed (%s): %s", self.label, status, exc)
+        await self.report(status, error_info(exc))
+
+    async def report(self, status: str, error: dict[str, Any] | None) -> None:
+        """A ``feed.health`` event when the feed's status changes (best effort)."""
+        if status == self.reported:
+            return
+        now = datetime.now(timezone.utc)
+        data = FeedHealth(
+            vendor=self.account.vendor, account=self.account.id, key=f"{self.feed.name}:{status}",
+            occurred_at=now, original=None, feed=self.feed.name, status=status, error=error,
+        ).model_dump(mode="json", by_alias=True)
+        event = CloudEvent(type=FeedHealth.ce_type(), source=self.source, data=data, time=now,
+                           id=str(uuid.uuid4()), dataschema=schema_uri(FeedHealth.ce_type()))
+        try:
+            await self.bus.publish(self.health_subject, event)
+            self.reported = status
+        except _BUS_ERRORS as exc:
+            log.warning("%s: health event not published: %s", self.label, exc)
+
+    # ---- schedule --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll by deadline (start + k * interval, plus jitter), never sleep-after-poll."""
+        interval = interval_of(self.feed, self.account)
+        await self.start()
+        deadline = time.monotonic()
+        while not stop.is_set():
+            jitter = random.uniform(0, min(self.tuning.jitter * interval, self.tuning.max_jitter))
+            if await wait_or_stop(stop, deadline + jitter - time.monotonic()):
+                return
+            hold_off = await self.poll_once(stop)
+            deadline += interval
+            now = time.monotonic()
+            if deadline < now:  # a slow poll: skip missed deadlines rather than burst
+                deadline = now
+            if hold_off:
+                deadline = max(deadline, now + hold_off)
+
+    @property
+    def label(self) -> str:
+        return f"{self.account.vendor}/{self.account.id}/{self.feed.name}"
+
+
+class FeedPoller(Poller):
+    """Polls one log feed while its lease is held."""
 
     def __init__(
         self, bus: Bus, account: Account, client: VendorClient, feed: Feed, store: CursorStore,
         *, meters: Meters, tuning: Tuning | None = None,
     ) -> None:
-        self.bus, self.account, self.client, self.feed, self.store = bus, account, client, feed, store
-        self.meters, self.tuning = meters, tuning or Tuning()
-        self.attrs = {"vendor": account.vendor, "account": account.id, "feed": feed.name}
-        self.subject = bus.subjects.event(account.vendor, account.id, feed.event.event)
-        self.health_subject = bus.subjects.event(account.vendor, account.id, FeedHealth.event)
-        self.source = f"pbxbridge/{account.vendor}/{account.id}"
+        super().__init__(bus, account, client, feed, meters=meters, tuning=tuning)
+        self.store = store
         self.cursor: Cursor | None = None
         self.cursor_dirty = False  # advanced in memory, not yet written (bus trouble)
-        self.reported = OK
-        self.pin = HeapPinning()
 
     # ---- one poll ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.load_cursor()
 
     async def load_cursor(self) -> None:
         self.cursor = await self.store.load()
@@ -354,19 +477,6 @@ class FeedPoller:
             await self.save_cursor()
         return first_error
 
-    async def dead_letter(self, record_id: str, raw: Any, reason: str) -> bool:
-        letter = DeadLetter(
-            kind="feeds", vendor=self.account.vendor, account=self.account.id, what=self.feed.name,
-            command_id=record_id, reason=reason, subject=self.subject, headers={},
-            body=json.dumps(raw, default=str).encode(),
-        )
-        try:
-            await dead_letter(self.bus, letter)
-            return True
-        except _BUS_ERRORS as exc:
-            log.warning("%s: dead letter not published (next poll tries again): %s", self.label, exc)
-            return False
-
     async def publish(self, messages: list[Outgoing], stamps: list[tuple[float, str]], stop: asyncio.Event) -> None:
         """Publish until every message is acked (or stop); the cursor follows the acks."""
         committed = 0
@@ -375,30 +485,10 @@ class FeedPoller:
             nonlocal committed
             self.advance(stamps[committed:acked])
             self.cursor.seq = max(self.cursor.seq, seq)
-            self.meters.published.add(acked - committed, self.attrs)
             committed = acked
             await self.save_cursor()
 
-        backoff, duplicates = self.tuning.retry_backoff, 0
-        while committed < len(messages):
-            try:
-                duplicates += await publish_in_order(
-                    self.bus.js, messages, start=committed, window=self.tuning.window,
-                    ack_timeout=self.tuning.ack_timeout, checkpoint_every=self.tuning.checkpoint_every,
-                    on_acked=checkpoint,
-                )
-            except PublishInterrupted as exc:
-                if exc.acked > committed:
-                    await checkpoint(exc.acked, exc.seq)
-                self.meters.publish_retries.add(1, self.attrs)
-                log.warning("%s: bus did not confirm (%r); retrying from event %d of %d",
-                            self.label, exc.cause, committed, len(messages))
-                if await wait_or_stop(stop, backoff):
-                    return
-                backoff = min(backoff * 2, 5.0)
-        if messages:
-            log.info("%s: published %d event(s)%s", self.label, len(messages),
-                     f", {duplicates} already on the bus" if duplicates else "")
+        await self.publish_acked(messages, stop, checkpoint)
 
     async def save_cursor(self) -> None:
         try:
@@ -411,56 +501,6 @@ class FeedPoller:
             # re-publishes ids JetStream still remembers.
             self.cursor_dirty = True
             log.warning("%s: cursor not saved yet: %s", self.label, exc)
-
-    # ---- health ----------------------------------------------------------------------------
-
-    async def failed(self, exc: BaseException) -> None:
-        status = status_of(exc)
-        self.meters.feed_errors.add(1, {**self.attrs, "status": status})
-        if status == "malformed_reply":
-            self.meters.malformed.add(1, self.attrs)
-        log.warning("%s: poll failed (%s): %s", self.label, status, exc)
-        await self.report(status, error_info(exc))
-
-    async def report(self, status: str, error: dict[str, Any] | None) -> None:
-        """A ``feed.health`` event when the feed's status changes (best effort)."""
-        if status == self.reported:
-            return
-        now = datetime.now(timezone.utc)
-        data = FeedHealth(
-            vendor=self.account.vendor, account=self.account.id, key=f"{self.feed.name}:{status}",
-            occurred_at=now, original=None, feed=self.feed.name, status=status, error=error,
-        ).model_dump(mode="json", by_alias=True)
-        event = CloudEvent(type=FeedHealth.ce_type(), source=self.source, data=data, time=now,
-                           id=str(uuid.uuid4()), dataschema=schema_uri(FeedHealth.ce_type()))
-        try:
-            await self.bus.publish(self.health_subject, event)
-            self.reported = status
-        except _BUS_ERRORS as exc:
-            log.warning("%s: health event not published: %s", self.label, exc)
-
-    # ---- schedule --------------------------------------------------------------------------
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Poll by deadline (start + k * interval, plus jitter), never sleep-after-poll."""
-        interval = self.account.options.poll_interval
-        await self.load_cursor()
-        deadline = time.monotonic()
-        while not stop.is_set():
-            jitter = random.uniform(0, min(self.tuning.jitter * interval, self.tuning.max_jitter))
-            if await wait_or_stop(stop, deadline + jitter - time.monotonic()):
-                return
-            hold_off = await self.poll_once(stop)
-            deadline += interval
-            now = time.monotonic()
-            if deadline < now:  # a slow poll: skip missed deadlines rather than burst
-                deadline = now
-            if hold_off:
-                deadline = max(deadline, now + hold_off)
-
-    @property
-    def label(self) -> str:
-        return f"{self.account.vendor}/{self.account.id}/{self.feed.name}"
 
 
 def _next_limit(limit: int, times: list[float], floor: float, max_page: int) -> int:
@@ -502,9 +542,10 @@ async def discard(items: list) -> None:
 
 
 class FeedSupervisor:
-    """Holds the feed's lease while polling it; lets go (or loses it) and waits its turn."""
+    """Holds the feed's lease while polling it (a log or a state feed); lets go (or loses it)
+    and waits its turn."""
 
-    def __init__(self, bus: Bus, lease: Lease, poller: FeedPoller) -> None:
+    def __init__(self, bus: Bus, lease: Lease, poller: Poller) -> None:
         self.bus, self.lease, self.poller = bus, lease, poller
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -526,7 +567,7 @@ class FeedSupervisor:
                 if not polling.cancelled() and polling.exception() is not None:
                     exc = polling.exception()
                     if isinstance(exc, LostOwnership):
-                        log.warning("%s: another replica wrote the cursor; letting go", label)
+                        log.warning("%s: another replica wrote the feed's cursor or snapshot; letting go", label)
                     else:
                         log.error("%s: poller failed; restarting it", label, exc_info=exc)
                     self.lease.revision = None

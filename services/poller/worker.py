@@ -1,4 +1,4 @@
-"""Wiring only: every configured account's feeds, each under its lease, until ``stop``."""
+"""Wiring only: every configured account's feeds (log and state feeds), each under its lease, until ``stop``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config
 from pbxbridge.vendors import client_for
 from services.poller.cursor import CursorStore
-from pbxbridge.feeds import feeds_of
+from pbxbridge.feeds import StateFeed, feeds_of, names_of
 from services.poller.lease import Lease
 from services.poller.runner import FeedPoller, FeedSupervisor, Meters, Tuning
+from services.poller.snapshot import SnapshotStore
+from services.poller.state import StatePoller
 
 log = logging.getLogger("pbxbridge.poller")
 
@@ -32,7 +34,7 @@ async def serve(
     for account in config.accounts:
         wanted = account.options.feeds
         feeds = [f for f in feeds_of(account.vendor) if f.matches(wanted)]
-        unknown = set(wanted or ()) - {n for f in feeds for n in (f.name, f.event.event)}
+        unknown = set(wanted or ()) - {n for f in feeds for n in names_of(f)}
         if unknown:
             log.warning("%s: no such feed(s): %s", account.key, ", ".join(sorted(unknown)))
         if not feeds:
@@ -40,10 +42,15 @@ async def serve(
         client = client_for(account, token_store=tokens)
         clients.append(client)
         for feed in feeds:
-            key = f"{account.vendor}.{account.id}.{feed.name}"
-            poller = FeedPoller(
-                bus, account, client, feed, CursorStore(cursors, key, settings.instance), meters=meters, tuning=tuning,
-            )
+            key = f"{account.vendor}.{account.id}.{feed.name}"  # cursor or snapshot, and lease
+            if isinstance(feed, StateFeed):
+                poller = StatePoller(
+                    bus, account, client, feed, SnapshotStore(cursors, key, settings.instance), meters=meters, tuning=tuning,
+                )
+            else:
+                poller = FeedPoller(
+                    bus, account, client, feed, CursorStore(cursors, key, settings.instance), meters=meters, tuning=tuning,
+                )
             supervisors.append(FeedSupervisor(bus, Lease(leases, key, settings.instance, settings.lease_ttl), poller))
     log.info("poller %s: %d feed(s) over %d account(s)", settings.instance, len(supervisors), len(clients))
     try:

@@ -1,7 +1,10 @@
-"""The recordings worker: ``recording.fetch`` jobs from the commander become archived audio.
+"""The recordings worker: ``recording.fetch`` jobs from the commander, and jobs it makes itself
+from ``call.ended`` of accounts with ``archive_recordings``, become archived audio.
 
-    worker.py      wiring: a FastStream pull subscriber on the jobs stream -> handler
-    handler.py     the protocol: once per call, not-ready retried, one result, one announcement
-    activities.py  the I/O: fetch from the vendor, archive + verify, announce
-    convert.py     PyAV: served audio -> archive format
+    worker.py      wiring: FastStream pull subscribers on the jobs stream -> handler, events -> auto
+    handler.py     the protocol: once per call, not-ready retried, one ending, one announcement
+    auto.py        the protocol from a call.ended to one job per call and format
+    activities.py  the I/O: fetch from the vendor, archive + verify (Object Store), announce, publish a job
+    s3_archive.py  the S3 archive (aiobotocore), behind the same interface
+    convert.py     PyAV: served audio -> archive format, file to file
 """

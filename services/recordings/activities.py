@@ -6,6 +6,8 @@ import asyncio
 import base64
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import nats.js.errors
 from nats.js.api import ObjectMeta
@@ -15,32 +17,49 @@ from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri, utcnow
 from pbxbridge.commands import RecordingFetch
 from pbxbridge.events import RecordingArchived
-from pbxbridge.recordings import FetchedAudio
+from pbxbridge.recordings import RECORDING_JOB_TYPE, RecordingJob
 from pbxbridge.vendors import optional_module
 from pbxbridge.vendors.client import VendorClient
 from services.recordings.convert import Converted, convert
 
 
 @dataclass(frozen=True)
+class SpooledAudio:
+    """What the vendor served, on disk: the conversion reads it from there."""
+
+    path: Path
+    format: str  # as FetchedAudio.format
+    source: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Fetch:
     client: VendorClient
     request: RecordingFetch
+    into: Path  # the file the served audio is written to
 
 
-async def fetch_audio(fetch: Fetch) -> FetchedAudio:
+async def fetch_audio(fetch: Fetch) -> SpooledAudio:
+    """Fetch the recording and put it on disk at once, so the served bytes are not kept."""
     module = optional_module(fetch.client.vendor.name, "recordings")
-    return await module.fetch_recording(fetch.client, fetch.request)
+    audio = await module.fetch_recording(fetch.client, fetch.request)
+    size = len(audio.data)
+    await asyncio.to_thread(fetch.into.write_bytes, audio.data)
+    return SpooledAudio(fetch.into, audio.format, audio.source, size)
 
 
 @dataclass(frozen=True)
 class Conversion:
-    audio: FetchedAudio
+    audio: SpooledAudio
     target: str
+    into: Path  # the archive file to write
 
 
 async def convert_audio(conversion: Conversion) -> Converted:
     # Decoding and encoding are CPU work: keep the event loop (and the other jobs) moving.
-    return await asyncio.to_thread(convert, conversion.audio.data, conversion.audio.format, conversion.target)
+    audio = conversion.audio
+    return await asyncio.to_thread(convert, audio.path, audio.format, conversion.target, conversion.into)
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,41 @@ class _Sha256Writer:
         return len(chunk)
 
 
+class Archive(Protocol):
+    """Where verified archives live. Only the holder of a name's claim writes or deletes it."""
+
+    def location(self, name: str) -> str:
+        """The archive's URL, as ``recording.archived`` gives it."""
+
+    async def find(self, name: str) -> Stored | None:
+        """The archived recording's facts, if it is already there (and complete)."""
+
+    async def store_verified(self, name: str, converted: Converted, audio: SpooledAudio) -> Archived:
+        """Write ``converted`` streaming from its file, read it back streaming, compare SHA-256;
+        on a difference delete it and raise ``ChecksumMismatch``."""
+
+    async def mark_announced(self, name: str, event_id: str) -> None:
+        """Note on the archive that ``recording.archived`` went out: a later job stays quiet."""
+
+
+def archive_headers(converted: Converted, audio: SpooledAudio) -> dict[str, str]:
+    """The facts every backend keeps beside the audio (``find`` reads them back)."""
+    return {
+        "Pbx-Sha256": converted.sha256, "Pbx-Codec": converted.codec, "Pbx-Container": converted.container,
+        "Pbx-Duration": str(converted.duration_seconds), "Pbx-Source-Format": audio.format, "Pbx-Source": audio.source,
+    }
+
+
+def archived_from(name: str, location: str, size: int, headers: dict[str, str]) -> Archived:
+    """An archive's facts from the headers ``archive_headers`` wrote (in any letter case)."""
+    h = {k.lower(): v for k, v in headers.items()}
+    return Archived(
+        name=name, location=location, sha256=h["pbx-sha256"], bytes=size, codec=h.get("pbx-codec", ""),
+        container=h.get("pbx-container", ""), duration_seconds=float(h.get("pbx-duration", 0)),
+        source_format=h.get("pbx-source-format", ""),
+    )
+
+
 class ObjectStoreArchive:
     """The default archive: the bus's Object Store bucket, names ``<vendor>/<account>/<call>.<ext>``."""
 
@@ -91,7 +145,6 @@ class ObjectStoreArchive:
         return f"nats-object://{self.bucket}/{name}"
 
     async def find(self, name: str) -> Stored | None:
-        """The archived recording's facts, if it is already there (and complete)."""
         try:
             info = await self.store.get_info(name)
         except nats.js.errors.ObjectNotFoundError:
@@ -99,45 +152,29 @@ class ObjectStoreArchive:
         headers = info.headers or {}
         if info.deleted or "Pbx-Sha256" not in headers:
             return None
-        archived = Archived(
-            name=name, location=self.location(name), sha256=headers["Pbx-Sha256"], bytes=info.size or 0,
-            codec=headers.get("Pbx-Codec", ""), container=headers.get("Pbx-Container", ""),
-            duration_seconds=float(headers.get("Pbx-Duration", 0)), source_format=headers.get("Pbx-Source-Format", ""),
-        )
+        archived = archived_from(name, self.location(name), info.size or 0, headers)
         return Stored(archived, source=headers.get("Pbx-Source", ""), announced="Pbx-Announced" in headers)
 
-    async def store_verified(self, name: str, converted: Converted, audio: FetchedAudio) -> Archived:
-        """Write, then read back through a hashing sink: the archive must hold exactly these bytes.
-
-        Only the holder of the name's claim calls this, so what it deletes on a mismatch is its own."""
-        sha = hashlib.sha256(converted.data).hexdigest()
-        headers = {
-            "Pbx-Sha256": sha, "Pbx-Codec": converted.codec, "Pbx-Container": converted.container,
-            "Pbx-Duration": str(converted.duration_seconds), "Pbx-Source-Format": audio.format,
-            "Pbx-Source": audio.source, "Content-Type": converted.content_type,
-        }
-        info = await self.store.put(name, converted.data, meta=ObjectMeta(name=name, headers=headers))
+    async def store_verified(self, name: str, converted: Converted, audio: SpooledAudio) -> Archived:
+        headers = {**archive_headers(converted, audio), "Content-Type": converted.content_type}
+        with open(converted.path, "rb") as data:  # put() reads a file a chunk at a time
+            info = await self.store.put(name, data, meta=ObjectMeta(name=name, headers=headers))
         stored_digest = base64.urlsafe_b64decode(info.digest.split("=", 1)[1] + "==").hex()
         sink = _Sha256Writer()
         try:
             await self.store.get(name, writeinto=sink)  # also checks the bucket's own SHA-256 digest
-            read_back = sink.hash.hexdigest() == sha and sink.size == len(converted.data)
+            read_back = sink.hash.hexdigest() == converted.sha256 and sink.size == converted.size
         except nats.js.errors.DigestMismatchError:
             read_back = False
-        if stored_digest != sha or not read_back:
+        if stored_digest != converted.sha256 or not read_back:
             await self.store.delete(name)
             raise ChecksumMismatch(f"{name}: archive holds different bytes than were written")
-        return Archived(
-            name=name, location=self.location(name), sha256=sha, bytes=len(converted.data), codec=converted.codec,
-            container=converted.container, duration_seconds=converted.duration_seconds, source_format=audio.format,
-        )
+        return archived_from(name, self.location(name), converted.size, headers)
 
     async def mark_announced(self, name: str, event_id: str) -> None:
-        """Note on the object itself that ``recording.archived`` went out: a later job stays quiet."""
         info = await self.store.get_info(name)
         headers = {**(info.headers or {}), "Pbx-Announced": event_id}
         await self.store.update_meta(name, ObjectMeta(name=name, description=info.description, headers=headers))
-
 
 @dataclass(frozen=True)
 class Announcement:
@@ -173,3 +210,14 @@ async def announce(bus: Bus, announcement: Announcement) -> str:
     )
     await bus.publish(bus.subjects.event(announcement.vendor, announcement.account, RecordingArchived.event), event)
     return event.id
+
+
+async def publish_job(bus: Bus, job: RecordingJob) -> None:
+    """Put a job on the jobs stream under an id derived from its command id: a repeat is a duplicate."""
+    event = CloudEvent(
+        type=RECORDING_JOB_TYPE,
+        source="pbxbridge/recordings",
+        id=deterministic_id("job", "recordings", job.vendor, job.account, job.command_id),
+        data=job.model_dump(mode="json"),
+    )
+    await bus.publish(bus.subjects.job("recordings", job.vendor, job.account), event)

@@ -1,4 +1,7 @@
-"""The recordings protocol, per delivery of a ``recording.fetch`` job handed over by the commander:
+"""The recordings protocol, per delivery of a recording job: a ``recording.fetch`` handed over by
+the commander (``origin`` ``command``), or one the worker made from a ``call.ended`` or
+``voicemail.received`` of an account with ``archive_recordings`` (``origin`` ``event``, see
+``auto.py``):
 
 1. a command already ``done`` gets its stored result published if that never reached the stream,
    nothing else;
@@ -11,11 +14,17 @@
    not fetched again: the command succeeds with its facts (``already_archived``) and no second
    announcement; an archive stored but never announced (a worker stopped in between) is
    announced now;
-5. otherwise fetch, convert, archive, verify by SHA-256 read-back, announce ``recording.archived``
-   (one event id per archive: call and format), note on the object that it was announced,
-   conclude ``succeeded``, and mark the claim ``done``.
+5. otherwise fetch (onto disk), convert (file to file), archive in the account's archive (the
+   Object Store, or S3), verify by SHA-256 read-back, announce ``recording.archived`` (one event
+   id per archive: call and format), note on the object that it was announced, conclude
+   ``succeeded``, and mark the claim ``done``.
 
-A recording the vendor has not finished (``RecordingNotReady``) is put off (the claim released,
+A command job concludes with its command's one result. An event job has no sender: its outcome
+is stored in the ledger under its own key (a second job for the call finds it ``done`` and does
+nothing) and no result is published; a failure still leaves a dead letter with the reason.
+
+A recording the vendor has not finished (``RecordingNotReady``; for an event job also one not
+found yet, since the vendor's event said the call was recorded) is put off (the claim released,
 a delayed NAK) for up to ``recording_max_wait`` seconds, never dropped; transient vendor errors
 are put off like commands; the last delivery never puts off: it ends ``failed`` with a dead
 letter, like anything permanent.
@@ -28,9 +37,11 @@ import contextlib
 import hashlib
 import logging
 import re
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, asdict
 from datetime import datetime
+from pathlib import Path
 
 from opentelemetry import metrics
 from pydantic import ValidationError
@@ -40,10 +51,10 @@ from pbxbridge.bus.envelope import CloudEvent, EnvelopeError, utcnow
 from pbxbridge.bus.ledger import Claim, ClaimLost, Done, Held, Ledger
 from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, publish_stored, retry_delay
 from pbxbridge.commands import RecordingFetch
-from pbxbridge.config import Config
+from pbxbridge.config import Config, RecordingArchive
 from pbxbridge.recordings import RecordingJob, RecordingNotReady
 from pbxbridge.vendors.client import VendorClient
-from pbxbridge.vendors.errors import VendorError
+from pbxbridge.vendors.errors import VendorError, VendorNotFound
 from services.recordings import activities
 from services.recordings.convert import AudioError, archive_extension
 
@@ -82,10 +93,10 @@ def archive_key(name: str) -> str:
 
 class RecordingHandler:
     def __init__(
-        self, config: Config, bus: Bus, ledger: Ledger, archive: activities.ObjectStoreArchive,
+        self, config: Config, bus: Bus, ledger: Ledger, archives: dict[RecordingArchive, activities.Archive],
         clients: dict[str, VendorClient],
     ) -> None:
-        self.config, self.bus, self.ledger, self.archive, self.clients = config, bus, ledger, archive, clients
+        self.config, self.bus, self.ledger, self.archives, self.clients = config, bus, ledger, archives, clients
         self.settings = config.settings
         meter = metrics.get_meter("pbxbridge.recordings")
         self._archived = meter.create_counter("pbxbridge.recordings_archived", unit="By", description="bytes archived")
@@ -103,7 +114,8 @@ class RecordingHandler:
             return ACK
         entry, _ = await self.ledger.read(job.ledger_key)
         if entry is not None and entry.state == "done":
-            await publish_stored(self.bus, self.ledger, job.ledger_key, entry)
+            if job.origin == "command":  # an event job's outcome has nobody to go to
+                await publish_stored(self.bus, self.ledger, job.ledger_key, entry)
             return ACK
         if delivery.attempt > self.settings.recording_max_deliver:
             await self._fail(job, delivery, "failed", {
@@ -117,6 +129,7 @@ class RecordingHandler:
             request = RecordingFetch.model_validate(job.params)
             extension = archive_extension(request.format or self.settings.recording_format)
             client = self.clients[f"{job.vendor}.{job.account}"]
+            archive = self._archive_of(client)
         except (ValidationError, AudioError, KeyError) as exc:
             await self._fail(job, delivery, "rejected", {"kind": "rejected", "message": _reason(exc)})
             return ACK
@@ -127,7 +140,7 @@ class RecordingHandler:
             return ACK
         try:
             async with claim.kept_alive(beat=delivery.keep_alive, every=self._beat_every):
-                return await self._archive_once(job, delivery, client, request, name, claim)
+                return await self._archive_once(job, delivery, client, archive, request, name, claim)
         except ClaimLost:
             # Our claim expired (we stalled) and another job took the name over: it archives.
             log.warning("%s: claim lost to another job; looking again later", name)
@@ -138,6 +151,10 @@ class RecordingHandler:
             with contextlib.suppress(Exception):  # the bus may be what failed: then the claim expires
                 await claim.release("retrying")
             raise
+
+    def _archive_of(self, client: VendorClient) -> activities.Archive:
+        """The account's archive, else the deployment's (``KeyError`` if that one is not set up)."""
+        return self.archives[client.account.options.archive or self.settings.recording_archive]
 
     @property
     def _beat_every(self) -> float:
@@ -156,12 +173,13 @@ class RecordingHandler:
             await asyncio.sleep(taken.wait)
 
     async def _archive_once(
-        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str,
-        claim: Claim,
+        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, archive: activities.Archive,
+        request: RecordingFetch, name: str, claim: Claim,
     ) -> Disposition:
-        stored = await self.archive.find(name)
+        stored = await archive.find(name)
         if stored is None:
-            stored = await self._fetch_and_store(job, delivery, client, request, name, claim)
+            with tempfile.TemporaryDirectory(prefix="pbx-recording-") as work:  # served and converted audio
+                stored = await self._fetch_and_store(job, delivery, client, archive, request, name, claim, Path(work))
         if isinstance(stored, Disposition):  # put off or ended without an archive: the name is free again
             await claim.release("retrying")
             return stored
@@ -171,7 +189,7 @@ class RecordingHandler:
                 vendor=job.vendor, account=job.account, call_id=request.call_id, archived=stored.archived,
                 command_id=job.command_id, source=stored.source,
             ))
-            await self.archive.mark_announced(name, event_id)
+            await archive.mark_announced(name, event_id)
         facts = asdict(stored.archived)
         result = {**facts, "already_archived": True} if stored.announced else facts
         await self._end(job, delivery, "succeeded", result=result)
@@ -179,44 +197,53 @@ class RecordingHandler:
         return ACK
 
     async def _fetch_and_store(
-        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, request: RecordingFetch, name: str,
-        claim: Claim,
+        self, job: RecordingJob, delivery: JobDelivery, client: VendorClient, archive: activities.Archive,
+        request: RecordingFetch, name: str, claim: Claim, work: Path,
     ) -> activities.Stored | Disposition:
         try:
-            audio = await activities.fetch_audio(activities.Fetch(client, request))
+            audio = await activities.fetch_audio(activities.Fetch(client, request, into=work / "served"))
         except RecordingNotReady as exc:
-            waited = (utcnow() - delivery.published_at).total_seconds()
-            if waited >= self.settings.recording_max_wait:
-                await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s"})
-                return ACK
-            self._not_ready.add(1, {"vendor": job.vendor})
-            # The vendor's hint is a floor, not the pace: recording_max_wait must fit in recording_max_deliver.
-            backoff = retry_delay(self.settings, min(delivery.attempt, 6))
-            delay = max(backoff, min(exc.retry_after or 0.0, self.settings.command_backoff_max))
-            log.info("%s/%s call %s: recording not ready; again in %.1fs", job.vendor, job.account, request.call_id, delay)
-            return await self._put_off(job, delivery, delay, {
-                "kind": "not_ready", "message": "the vendor has not finished the recording",
-            })
+            return await self._wait_for_recording(job, delivery, request, exc.retry_after, "the vendor has not finished the recording")
         except VendorError as exc:
+            if isinstance(exc, VendorNotFound) and job.origin == "event":
+                # The vendor's own call.ended said it was recorded: not filed yet (uContact copies
+                # recordings to its places later), so wait for it like a recording in processing.
+                return await self._wait_for_recording(job, delivery, request, None, f"not filed yet: {exc.message}")
             if exc.retryable and delivery.attempt < self.settings.command_max_deliver:
                 delay = retry_delay(self.settings, delivery.attempt, getattr(exc, "retry_after", None))
                 return await self._put_off(job, delivery, delay, exc.as_dict())
             await self._fail(job, delivery, "failed", exc.as_dict())
             return ACK
         try:
-            converted = await activities.convert_audio(activities.Conversion(audio, request.format or self.settings.recording_format))
+            target = request.format or self.settings.recording_format
+            converted = await activities.convert_audio(activities.Conversion(audio, target, into=work / f"archive.{archive_extension(target)}"))
         except AudioError as exc:
             await self._fail(job, delivery, "failed", {"kind": "bad_audio", "message": str(exc), "source_format": audio.format})
             return ACK
         await claim.renew()  # still ours right before writing (ClaimLost if another job took the name over)
         try:
-            archived = await self.archive.store_verified(name, converted, audio)
+            archived = await archive.store_verified(name, converted, audio)
         except activities.ChecksumMismatch as exc:
             log.warning("%s; archiving again", exc)
             delay = retry_delay(self.settings, delivery.attempt)
             return await self._put_off(job, delivery, delay, {"kind": "checksum_mismatch", "message": str(exc)})
         self._archived.add(archived.bytes, {"vendor": job.vendor, "codec": archived.codec})
         return activities.Stored(archived, source=audio.source, announced=False)
+
+    async def _wait_for_recording(
+        self, job: RecordingJob, delivery: JobDelivery, request: RecordingFetch, retry_after: float | None, why: str,
+    ) -> Disposition:
+        """Put off until ``recording_max_wait`` has passed since the job was made; then failed, dead-lettered."""
+        waited = (utcnow() - delivery.published_at).total_seconds()
+        if waited >= self.settings.recording_max_wait:
+            await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s: {why}"})
+            return ACK
+        self._not_ready.add(1, {"vendor": job.vendor})
+        # The vendor's hint is a floor, not the pace: recording_max_wait must fit in recording_max_deliver.
+        backoff = retry_delay(self.settings, min(delivery.attempt, 6))
+        delay = max(backoff, min(retry_after or 0.0, self.settings.command_backoff_max))
+        log.info("%s/%s call %s: recording not ready (%s); again in %.1fs", job.vendor, job.account, request.call_id, why, delay)
+        return await self._put_off(job, delivery, delay, {"kind": "not_ready", "message": why})
 
     async def _put_off(self, job: RecordingJob, delivery: JobDelivery, delay: float, error: dict) -> Disposition:
         """A delayed NAK, except on the last delivery: that one ends the job, failed, with a dead letter."""
@@ -228,10 +255,14 @@ class RecordingHandler:
         return ACK
 
     async def _end(self, job: RecordingJob, delivery: JobDelivery, status: str, *, result=None, error=None) -> None:
-        await conclude(self.bus, self.ledger, Ending(
+        ending = Ending(
             ledger_key=job.ledger_key, command_id=job.command_id, command=job.command, vendor=job.vendor,
             account=job.account, status=status, attempts=delivery.attempt, result=result, error=error,
-        ))
+        )
+        if job.origin == "command":
+            await conclude(self.bus, self.ledger, ending)
+        else:  # kept where a second job for the call finds it; published to nobody
+            await self.ledger.finish(job.ledger_key, result=ending.to_result())
         log.info("%s/%s recording.fetch %s: %s", job.vendor, job.account, job.command_id, status)
 
     async def _fail(self, job: RecordingJob, delivery: JobDelivery, status: str, error: dict) -> None:

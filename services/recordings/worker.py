@@ -1,21 +1,25 @@
-"""Wiring only: vendor clients, the ledger, the archive, and a FastStream pull subscriber on
-``pbx.jobs.recordings.>`` (shared by every replica) feeding ``RecordingHandler``."""
+"""Wiring only: vendor clients, the ledger, the archives (the Object Store, and S3 when the
+deployment or an account chooses it), FastStream pull subscribers (shared by every replica) on
+``pbx.jobs.recordings.>`` feeding ``RecordingHandler``, and, when an account has
+``archive_recordings``, on ``pbx.events.*.*.call.ended`` / ``voicemail.received`` feeding ``AutoArchive``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig, DeliverPolicy
 
 from pbxbridge.bus import Bus
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config, Settings
 from pbxbridge.vendors import client_for, optional_module
-from services.recordings.activities import ObjectStoreArchive
+from services.recordings.activities import Archive, ObjectStoreArchive
+from services.recordings.auto import TRIGGERS, AutoArchive, EventDelivery
 from services.recordings.handler import JobDelivery, RecordingHandler
 
 log = logging.getLogger("pbxbridge.recordings")
@@ -35,12 +39,25 @@ def jobs_consumer(bus: Bus, settings: Settings) -> ConsumerConfig:
     )
 
 
-async def ensure_jobs_consumer(bus: Bus, settings: Settings) -> None:
-    """Create or update the shared consumer: subscribing to an existing durable keeps its old settings."""
-    await bus.js.add_consumer(bus.names.jobs, jobs_consumer(bus, settings))
+def trigger_consumer(bus: Bus, event: str) -> ConsumerConfig:
+    """One per trigger event type. ``ALL``: a call.ended published before the worker first
+    started is archived too (jobs are idempotent; accounts without the option are skipped)."""
+    return ConsumerConfig(
+        durable_name=f"{CONSUMER}-auto-{event.replace('.', '-')}",
+        filter_subject=f"{bus.subjects.prefix}.events.*.*.{event}",
+        ack_policy=JetStreamAckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=30,
+    )
 
 
-def build_broker(bus: Bus, handler: RecordingHandler, config: Config) -> NatsBroker:
+async def ensure_consumers(bus: Bus, consumers: list[tuple[str, ConsumerConfig]]) -> None:
+    """Create or update the shared consumers: subscribing to an existing durable keeps its old settings."""
+    for stream, consumer in consumers:
+        await bus.js.add_consumer(stream, consumer)
+
+
+def build_broker(bus: Bus, handler: RecordingHandler, auto: AutoArchive | None, config: Config) -> NatsBroker:
     settings = config.settings
     broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
     consumer = jobs_consumer(bus, settings)
@@ -71,22 +88,67 @@ def build_broker(bus: Bus, handler: RecordingHandler, config: Config) -> NatsBro
         else:
             await raw.nak(delay=disposition.delay)
 
+    if auto is not None:
+        for event in TRIGGERS:
+            subscribe_triggers(broker, bus, auto, trigger_consumer(bus, event), settings)
     return broker
+
+
+def subscribe_triggers(broker: NatsBroker, bus: Bus, auto: AutoArchive, consumer: ConsumerConfig, settings: Settings) -> None:
+    @broker.subscriber(
+        consumer.filter_subject,
+        stream=JStream(bus.names.events, declare=False),
+        durable=consumer.durable_name,
+        pull_sub=PullSub(batch_size=16, timeout=1.0),
+        ack_policy=AckPolicy.MANUAL,  # acked once the job is on the jobs stream
+        config=consumer,
+    )
+    async def on_event(msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        try:
+            disposition = await auto.handle(EventDelivery(raw.subject, dict(raw.headers or {}), raw.data))
+        except Exception:
+            log.exception("event on %s not turned into a recording job; redelivering later", raw.subject)
+            await raw.nak(delay=settings.command_backoff)
+            return
+        if disposition.ack:
+            await raw.ack()
+        else:
+            await raw.nak(delay=disposition.delay)
+
+
+async def open_archives(config: Config, bus: Bus, stack: contextlib.AsyncExitStack) -> dict[str, Archive]:
+    """The Object Store always; S3 when the deployment or any account archives there."""
+    archives: dict[str, Archive] = {
+        "object-store": ObjectStoreArchive(await bus.js.object_store(bus.names.recordings), bus.names.recordings),
+    }
+    chosen = {config.settings.recording_archive} | {a.options.archive for a in config.accounts if a.options.archive}
+    if "s3" in chosen:
+        from services.recordings.s3_archive import open_s3_archive  # only deployments that use S3 load it
+
+        archives["s3"] = await stack.enter_async_context(open_s3_archive(config.settings))
+    return archives
 
 
 async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     ledger = Ledger(await bus.js.key_value(bus.names.ledger))
     tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
-    archive = ObjectStoreArchive(await bus.js.object_store(bus.names.recordings), bus.names.recordings)
     accounts = [a for a in config.accounts if optional_module(a.vendor, "recordings") is not None]
-    clients = {a.key: client_for(a, token_store=tokens) for a in accounts}
-    await ensure_jobs_consumer(bus, config.settings)
-    broker = build_broker(bus, RecordingHandler(config, bus, ledger, archive, clients), config)
-    log.info("recordings %s: %d account(s) with recordings", config.settings.instance, len(clients))
-    try:
+    auto = AutoArchive(config, bus) if any(a.options.archive_recordings for a in accounts) else None
+    consumers = [(bus.names.jobs, jobs_consumer(bus, config.settings))]
+    if auto is not None:
+        consumers += [(bus.names.events, trigger_consumer(bus, event)) for event in TRIGGERS]
+    await ensure_consumers(bus, consumers)
+    async with contextlib.AsyncExitStack() as stack:
+        archives = await open_archives(config, bus, stack)
+        clients = {a.key: client_for(a, token_store=tokens) for a in accounts}
+        for client in clients.values():
+            stack.push_async_callback(client.aclose)
+        broker = build_broker(bus, RecordingHandler(config, bus, ledger, archives, clients), auto, config)
+        log.info(
+            "recordings %s: %d account(s) with recordings, %d archiving by themselves, archives: %s",
+            config.settings.instance, len(clients), sum(a.options.archive_recordings for a in accounts), ", ".join(archives),
+        )
         async with broker:
             await broker.start()
             await stop.wait()
-    finally:
-        for client in clients.values():
-            await client.aclose()

@@ -160,7 +160,7 @@ async def simulator_process(backlog: int) -> AsyncIterator[Account]:
         assert url, "the simulator process did not start"
         stand_in = Simulator(activity=False)  # not started: only builds the account
         stand_in.url = url
-        yield stand_in.account("acme", poll_interval=60, phone_region="IL")
+        yield stand_in.account("acme", poll_interval=60, phone_region="IL", feeds=["sms"])
     finally:
         proc.stdin.close()
         try:

@@ -16,10 +16,14 @@ import nats.js.errors
 from pydantic_core import from_json
 
 from pbxbridge.bus import Bus
+from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri, utcnow
 from pbxbridge.commands import Result
-from pbxbridge.config import Config
+from pbxbridge.config import Account, Config
+from pbxbridge.events import CallEnded, Phone, RecordingRef
 from pbxbridge.sdk import send_command
 from services.commander.worker import serve as serve_commander
+from services.recordings import worker
+from services.recordings.auto import TRIGGERS
 from services.recordings.worker import serve as serve_recordings
 
 
@@ -126,3 +130,58 @@ async def running(config: Config, bus: Bus, sim: object, *, recordings_replicas:
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
         await watch.unsubscribe()
 
+
+
+# ---- recordings archived by themselves (call.ended -> job) ----------------------------------
+
+def call_ended(vendor: str, account: str, call_id: str, *, extension: str | None = None, sighting: str = "calls") -> CloudEvent:
+    """A valid ``call.ended`` with a recording, as a vendor feed publishes it; ``sighting`` names
+    the feed that saw it (another feed: another event id for the same call)."""
+    now = utcnow()
+    data = CallEnded(
+        vendor=vendor, account=account, key=call_id, occurred_at=now, original={"id": call_id}, call_id=call_id,
+        direction="inbound", caller=Phone(raw="600000001", e164="+34600000001"), callee=Phone(raw="200", e164=None),
+        agent=extension, started_at=now, ended_at=now, duration_seconds=1.0, disposition="answered",
+        recording=RecordingRef(call_id=call_id),
+    )
+    return CloudEvent(
+        type=CallEnded.ce_type(), source=f"pbxbridge/{vendor}/{account}", id=deterministic_id(vendor, account, sighting, call_id),
+        data=data.model_dump(mode="json", by_alias=True), dataschema=schema_uri(CallEnded.ce_type()), subject=call_id,
+    )
+
+
+async def publish_call_ended(rig: Rig, call_id: str, **kw) -> None:
+    await rig.bus.publish(rig.bus.subjects.event(rig.vendor, rig.account, CallEnded.event), call_ended(rig.vendor, rig.account, call_id, **kw))
+
+
+async def settled(bus: Bus, timeout: float = 30.0) -> None:
+    """Wait until every trigger event is turned into a job and every job has ended (acked).
+
+    The trigger consumers start at the stream's first event, so once they exist their counts
+    include everything published before."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    consumers = [worker.trigger_consumer(bus, event).durable_name for event in TRIGGERS]
+    while True:
+        jobs = (await bus.js.stream_info(bus.names.jobs)).state.messages
+        pending = 0
+        for name in consumers:
+            try:
+                info = await bus.js.consumer_info(bus.names.events, name)
+                pending += info.num_pending + info.num_ack_pending
+            except nats.js.errors.NotFoundError:  # the worker is still starting
+                pending += 1
+        if jobs == 0 and pending == 0:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not settled after {timeout}s: {jobs} job(s), {pending} event(s) pending")
+        await asyncio.sleep(0.05)
+
+
+async def jobs_published(bus: Bus) -> int:
+    """Job messages the jobs stream ever stored (a duplicate dropped by Nats-Msg-Id is not one)."""
+    return (await bus.js.stream_info(bus.names.jobs)).state.last_seq
+
+
+def archiving(account: Account, **options) -> Account:
+    """``account`` with ``archive_recordings`` on (and any other option given)."""
+    return account.model_copy(update={"options": account.options.model_copy(update={"archive_recordings": True, **options})})

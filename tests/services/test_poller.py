@@ -43,7 +43,7 @@ async def sim() -> AsyncIterator[Simulator]:
 
 
 def config_for(settings: Settings, sim: Simulator, **options) -> Config:
-    options = {"poll_interval": 0.2, "phone_region": "IL", **options}
+    options = {"poll_interval": 0.2, "phone_region": "IL", "feeds": ["sms"], **options}
     return Config(settings=settings, accounts=[sim.account("acme", **options)])
 
 

@@ -1,5 +1,9 @@
 """A Fonema simulator: users, ReachMe, numbers, presence, calls with recordings (real FLAC),
-voicemail, ring groups and their settings, sounds; sessions by bearer token."""
+voicemail, ring groups and their settings, sounds; sessions by bearer token.
+
+It lives: every activity tick (``activity_interval``, or ``POST /_sim/tick`` on demand) the
+session user's call starts or ends (an ended call joins the history, in one of the documented
+outcomes, recorded or not), their presence changes, and now and then a voicemail arrives."""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ LOGIN = "admin@fonema.sim"
 PASSWORD = "sim-fonema-password"
 OK: dict[str, Any] = {"code": 200}
 CALLERS = ["34612345678", "34699887766", "34911223344", "34655443322"]
+OUTCOMES = ["answer", "answer", "answer", "noanswer", "busy", "cancel", "not-available"]  # Disposition words, weighted
+SESSION_USER = 1  # the user the account logs in as: getNotifications and isOnCall answer for them
+VOICEMAIL_PAGE = 50  # getVoiceMailMessages' page size (filasPorPagina)
 
 
 class FonemaSimulator(SimulatorBase):
@@ -42,6 +49,7 @@ class FonemaSimulator(SimulatorBase):
                 "defaultCallerId": "34910000001", "mobileType": "none", "callbackDirect": False, "mobileNumber": None,
                 "reachMeMode": "ringall", "recordOutgoing": False, "voiceMail": True, "voiceMailPin": "1234",
             }
+        self.users[SESSION_USER]["login"] = self.login_name
         self.passwords = {uid: "initial" for uid in self.users}
         self.reach_me = {1: [
             {"id": 1, "enabled": True, "priority": 1, "timeToRing": 20, "type": "sip", "value": None},
@@ -99,19 +107,21 @@ class FonemaSimulator(SimulatorBase):
         for _ in range(3):
             self.add_finished_call()
 
-    def add_finished_call(self, recorded: bool = True, seconds: float = 3.0) -> str:
-        """A call that just ended, in the log; with a recording (real FLAC) when ``recorded``."""
+    def add_finished_call(self, recorded: bool = True, seconds: float = 3.0, *, disposition: str = "answer",
+                          when: datetime | None = None) -> str:
+        """A call that just ended (or started at ``when``, Spain local), in the log; with a
+        recording (real FLAC) when ``recorded``."""
         call_id = str(1000 + len(self.calls) + 1)
-        when = datetime.now(MADRID) - timedelta(seconds=seconds)
+        when = when or datetime.now(MADRID) - timedelta(seconds=seconds)
         caller = self.random.choice(CALLERS)
         self.calls.append({
             "Id": call_id, "Cost": 0.0, "Callerid": caller, "Callid": f"{call_id}@sim.fonema", "Date": when.strftime("%Y-%m-%d %H:%M:%S"),
-            "Direction": "Incoming", "Disposition": "answer", "Src": caller, "Dst": "34910000001", "Duration": int(seconds),
+            "Direction": "Incoming", "Disposition": disposition, "Src": caller, "Dst": "34910000001", "Duration": int(seconds),
             "Recorded": 1 if recorded else 0, "Searchable": "sim|entrante", "Transcription": None, "WhoHanged": "caller",
             "callerIdSrc": caller, "callerIdDst": "Ventas", "ringGroup": "Ventas",
             "subCalls": [
                 {"Id": f"{call_id}-1", "Cost": 0.0, "Called": "101", "CalledType": "sip", "Date": when.strftime("%Y-%m-%d %H:%M:%S"),
-                 "Direction": "incoming", "Disposition": "answer", "Duration": int(seconds), "KenkeniSrcUsersId": None,
+                 "Direction": "incoming", "Disposition": disposition, "Duration": int(seconds), "KenkeniSrcUsersId": None,
                  "KenkeniDstUsersId": "1", "Transfered": None},
             ],
         })
@@ -119,14 +129,47 @@ class FonemaSimulator(SimulatorBase):
             self.recordings[call_id] = seconds
         return call_id
 
+    def add_voicemail(self, caller: str | None = None, when: datetime | None = None, folder: str = "inbox") -> str:
+        """A message left in the session user's own mailbox (``general=0``)."""
+        mid = f"vm-{next(self._ids)}"
+        number = caller or self.random.choice(CALLERS)
+        stamp = int((when or datetime.now(timezone.utc)).timestamp())
+        self.voicemail[mid] = {"id": mid, "callerid": f"Cliente <{number}>", "date": stamp, "tags": [], "folder": folder, "box": ""}
+        return mid
+
+    def session_call(self) -> str | None:
+        """The session user's call in progress (what ``isOnCall`` answers), if any."""
+        return next((k for k, c in self.live_calls.items() if c["user"] == SESSION_USER), None)
+
+    def start_session_call(self, number: str | None = None) -> str:
+        uuid = f"live-{next(self._ids)}"
+        self.live_calls[uuid] = {"user": SESSION_USER, "with": number or self.random.choice(CALLERS), "transfer": None}
+        return uuid
+
+    def end_session_call(self) -> str | None:
+        """Hang up the session user's call; it joins the history."""
+        uuid = self.session_call()
+        if uuid is not None:
+            del self.live_calls[uuid]
+            outcome = self.random.choice(OUTCOMES)
+            recorded = outcome == "answer" and self.random.random() < 0.7
+            self.add_finished_call(recorded=recorded, seconds=float(self.random.randint(2, 5)), disposition=outcome)
+        return uuid
+
     def step(self) -> None:
-        self.add_finished_call(recorded=self.random.random() < 0.7, seconds=float(self.random.randint(2, 5)))
-        uid = self.random.choice(list(self.users))
-        self.presence[uid] = self.random.choice(["online", "away", "dnd", "offline"])
+        """One round of activity: the session user's call starts or ends (ending, it joins the
+        history), their presence changes, and now and then someone leaves a voicemail."""
+        if self.end_session_call() is None:
+            self.start_session_call()
+        words = [w for w in ("online", "away", "dnd", "offline") if w != self.presence[SESSION_USER]]
+        self.presence[SESSION_USER] = self.random.choice(words)
+        if self.random.random() < 0.4:
+            self.add_voicemail()
 
     def state(self) -> dict[str, Any]:
         return {"users": self.users, "presence": self.presence, "calls": self.calls[-20:], "groups": self.groups,
-                "dids": self.dids, "live_calls": self.live_calls}
+                "dids": self.dids, "live_calls": self.live_calls,
+                "voicemail": self.voicemail}
 
     # ---- envelope and auth ------------------------------------------------------------
 
@@ -322,7 +365,7 @@ class FonemaSimulator(SimulatorBase):
     # ---- presence and calls -----------------------------------------------------------
 
     def getNotifications(self, req: ops.NoParams) -> dict:
-        return {"presenceStatus": self.presence[1]}
+        return {"presenceStatus": self.presence[SESSION_USER]}
 
     def changePresenceStatus(self, req: ops.ChangePresence) -> dict:
         self._user(req.userId)
@@ -331,12 +374,11 @@ class FonemaSimulator(SimulatorBase):
 
     def makeCall(self, req: ops.MakeCall) -> dict:
         uuid = f"live-{next(self._ids)}"
-        self.live_calls[uuid] = {"user": 1, "with": req.number, "transfer": None}
+        self.live_calls[uuid] = {"user": SESSION_USER, "with": req.number, "transfer": None}
         return {"code": 200, "uuid": uuid}
 
     def isOnCall(self, req: ops.NoParams) -> dict:
-        mine = [k for k, c in self.live_calls.items() if c["user"] == 1]
-        return {"code": 200, "uuid": mine[0] if mine else None}
+        return {"code": 200, "uuid": self.session_call()}
 
     def transferCall(self, req: ops.TransferCall) -> dict:
         if not any(u["extNumber"] == req.to for u in self.users.values()):
@@ -368,7 +410,9 @@ class FonemaSimulator(SimulatorBase):
         if req.searchTerm:
             calls = [c for c in calls if req.searchTerm in (c["Searchable"] or "") or req.searchTerm in c["Src"]]
         page = req.pagina or 0
-        return {"llamadas": list(reversed(calls))[page * 50 : page * 50 + 50]}
+        # Newest start first; a call joins the log when it ends, so a long one sits behind later starts.
+        listed = sorted(reversed(calls), key=lambda c: c["Date"], reverse=True)
+        return {"llamadas": listed[page * 50 : page * 50 + 50]}
 
     def getCallRecord(self, req: ops.CallId) -> bytes:
         if not any(c["Id"] == req.callId for c in self.calls):
@@ -404,8 +448,15 @@ class FonemaSimulator(SimulatorBase):
 
     def getVoiceMailMessages(self, req: ops.VoiceMailQuery) -> dict:
         box = "" if req.general == "0" else req.general
-        found = [m for m in self.voicemail.values() if m["folder"] == req.folder and m["box"] == box]
-        return {"filasPorPagina": len(found), "mensajes": [{k: m[k] for k in ("id", "callerid", "date", "tags")} for m in found],
+
+        def day(m: dict[str, Any]) -> str:
+            return datetime.fromtimestamp(m["date"], MADRID).date().isoformat()
+
+        found = [m for m in self.voicemail.values() if m["folder"] == req.folder and m["box"] == box
+                 and (not req.fechaInicio or day(m) >= req.fechaInicio) and (not req.fechaFin or day(m) <= req.fechaFin)]
+        start = (req.pagina or 0) * VOICEMAIL_PAGE
+        page = found[start : start + VOICEMAIL_PAGE]
+        return {"filasPorPagina": len(page), "mensajes": [{k: m[k] for k in ("id", "callerid", "date", "tags")} for m in page],
                 "totalMensajes": len(found)}
 
     def deleteVoiceMailMessages(self, req: ops.DeleteVoiceMail) -> dict:

@@ -1,11 +1,16 @@
 """A SWAN v2 simulator: users and their status, queues, calls whose recordings are
-``processing`` at first and real MP3 later, agendas, terminals, company numbers."""
+``processing`` at first and real MP3 later, agendas, terminals, company numbers.
+
+It lives on its own: every ``activity_interval`` seconds (or at ``POST /_sim/tick``) calls end
+(into last-calls, recording processing) and start (current-calls), a user changes status, queues
+fill and drain, and a terminal may register or unregister (which logs its user on or off the
+queues). The PBX clock is the wall clock plus ``clock_offset``: ``advance`` ages calls in progress
+and readies recordings without waiting."""
 
 from __future__ import annotations
 
 import itertools
-import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -19,12 +24,14 @@ from pbxbridge.vendors.swan.operations import DEFAULT_ZONE, VENDOR
 API_KEY = "sim-swan-api-key"
 COMPANY = "acme"
 NUMBERS = ["34600111222", "34600333444", "34911555666"]
+_DESCRIPTIONS = {"available": "Disponible", "unavailable": "No disponible", "busy": "Ocupado", "ringing": "Sonando",
+                 "pause": "Descanso"}
 
 
 class SwanSimulator(SimulatorBase):
     vendor = VENDOR
     base_path = "/"
-    processing_seconds = 2.0  # a recording stays "processing" this long after its call ends
+    processing_seconds = 2.0  # a recording stays "processing" this long after its call ends (PBX clock: see advance)
 
     def __init__(self, *, api_key: str = API_KEY, **kwargs: Any) -> None:
         self.api_key = api_key
@@ -32,6 +39,7 @@ class SwanSimulator(SimulatorBase):
 
     def seed_state(self) -> None:
         self._seq = itertools.count(1)
+        self.clock_offset = timedelta(0)  # ``advance`` moves the PBX's clock: calls age without waiting
         self.users = {
             ext: {"extension": ext, "id": str(i), "name": name, "status": "available", "description": "Disponible",
                   "mobile": f"3460000{ext}", "department": dept, "mac": f"00:15:65:aa:bb:{i:02d}", "registered": True}
@@ -40,47 +48,111 @@ class SwanSimulator(SimulatorBase):
         }
         self.queues = {q: {"members": ["200", "201"], "waiting": 1, "completed": 12, "abandoned": 2, "ring": [8, 15, 25]}
                        for q in ("q100", "q101")}
-        self.calls: list[dict[str, Any]] = []  # newest last
-        self.current: dict[str, list[dict[str, Any]]] = {"201": []}
+        self.calls: list[dict[str, Any]] = []  # finished calls, newest last
+        self.current: dict[str, list[dict[str, Any]]] = {}  # extension -> calls in progress, newest last
         self.recordings: dict[str, dict[str, Any]] = {}  # call id -> {ready_at, seconds, parties}
         self.agendas: dict[str, dict[str, str]] = {"clientes": {"34600111222": "Cliente 1"}}
         self.numbers = [
             {"id": "1", "name": "primari - 937060370", "alias": "ONFARMA", "value": "937060370", "in_use": True},
             {"id": "2", "name": "secundari - 937060371", "alias": "RESERVA", "value": "937060371", "in_use": False},
         ]
+        # The document: web-phone-username "returns an error if the user cannot login because
+        # terminal is already registered". Off by default (the reply's is_registered says it too).
+        self.refuse_registered = False
         self.add_call("200", call_id="1700000001.1", ready=True)
         self.add_call("201", ready=False)
-        self.current["201"].append(self._call_record("1700000009.1", "34600333444", "incoming", 12))
+        self.start_call("201", call_id="1700000009.1", number="34600333444", direction="incoming")
+
+    def account(self, account_id: str = "sim", **options: Any) -> Any:
+        """As the base, plus what SWAN feeds need to know and cannot discover: the company
+        (``blf-users``) and the queue groups (``queues-status``)."""
+        defaults = {"company": COMPANY, "queues": {"ventas": ["q100"], "soporte": ["q101"]}}
+        return super().account(account_id, **{**defaults, **options})
 
     # ---- activity ---------------------------------------------------------------------
 
-    def _call_record(self, call_id: str, number: str, direction: str, duration: int) -> dict[str, Any]:
-        return {"uniqueid": call_id, "calldate": datetime.now(DEFAULT_ZONE).strftime("%Y-%m-%d %H:%M:%S"),
-                "duration": duration, "number": number, "direction": direction}
+    def now(self) -> datetime:
+        return datetime.now(DEFAULT_ZONE) + self.clock_offset
 
-    def add_call(self, extension: str, *, call_id: str | None = None, seconds: float = 3.0, ready: bool = False) -> str:
-        """A finished call of ``extension`` with a recording, ``processing`` until it is ready."""
-        call_id = call_id or f"{1700000100 + next(self._seq)}.1"
-        record = self._call_record(call_id, self.random.choice(NUMBERS), self.random.choice(["incoming", "outgoing"]), int(seconds))
-        self.calls.append({**record, "extension": extension})
-        ready_at = 0.0 if ready else time.monotonic() + self.processing_seconds
-        self.recordings[call_id] = {"ready_at": ready_at, "seconds": seconds, "parties": {extension}}
+    def advance(self, seconds: float) -> None:
+        """The PBX's clock moves on: calls in progress last longer."""
+        self.clock_offset += timedelta(seconds=seconds)
+
+    @staticmethod
+    def _calldate(when: datetime) -> str:
+        return when.astimezone(DEFAULT_ZONE).strftime("%Y-%m-%d %H:%M:%S")
+
+    def _call_id(self) -> str:
+        return f"{1700000100 + next(self._seq)}.1"
+
+    def start_call(self, extension: str, *, call_id: str | None = None, number: str | None = None,
+                   direction: str | None = None) -> str:
+        """A call of ``extension`` in progress: listed by current-calls until ``end_call``."""
+        call_id = call_id or self._call_id()
+        self.current.setdefault(extension, []).append({
+            "uniqueid": call_id, "started": self.now(), "number": number or self.random.choice(NUMBERS),
+            "direction": direction or self.random.choice(["incoming", "outgoing"]),
+        })
         return call_id
+
+    def end_call(self, call_id: str, *, duration: int | None = None) -> None:
+        """The call leaves current-calls for last-calls; its recording is ``processing`` a while."""
+        for extension, calls in self.current.items():
+            for call in calls:
+                if call["uniqueid"] == call_id:
+                    calls.remove(call)
+                    seconds = duration if duration is not None else self._elapsed(call)
+                    self._finish(extension, call_id, call["started"], call["number"], call["direction"], seconds)
+                    return
+        raise KeyError(call_id)
+
+    def add_call(self, extension: str, *, call_id: str | None = None, seconds: float = 3.0, ready: bool = False,
+                 when: datetime | None = None) -> str:
+        """A finished call of ``extension`` with a recording, ``processing`` until it is ready."""
+        call_id = call_id or self._call_id()
+        self._finish(extension, call_id, when or self.now(), self.random.choice(NUMBERS),
+                     self.random.choice(["incoming", "outgoing"]), int(seconds), ready=ready)
+        return call_id
+
+    def _finish(self, extension: str, call_id: str, started: datetime, number: str, direction: str, seconds: int,
+                *, ready: bool = False) -> None:
+        self.calls.append({"uniqueid": call_id, "calldate": self._calldate(started), "duration": int(seconds),
+                           "number": number, "direction": direction, "extension": extension})
+        ready_at = 0.0 if ready else self.now().timestamp() + self.processing_seconds
+        self.recordings[call_id] = {"ready_at": ready_at, "seconds": max(1.0, float(seconds)), "parties": {extension}}
+
+    def _elapsed(self, call: dict[str, Any]) -> int:
+        return int((self.now() - call["started"]).total_seconds())
 
     def finish_processing(self) -> None:
         for rec in self.recordings.values():
             rec["ready_at"] = 0.0
 
     def step(self) -> None:
-        ext = self.random.choice(list(self.users))
-        self.add_call(ext, seconds=float(self.random.randint(2, 5)))
-        user = self.users[self.random.choice(list(self.users))]
-        user["status"] = self.random.choice(["available", "busy", "ringing", "pause"])
+        """One round of life: calls end and start, a user changes status, queues fill and drain,
+        a terminal registers or unregisters."""
+        pick = self.random
+        for extension, calls in list(self.current.items()):
+            for call in list(calls):
+                if self._elapsed(call) >= 3 and pick.random() < 0.5:  # a call lasts a few seconds at least
+                    self.end_call(call["uniqueid"])
+        if sum(map(len, self.current.values())) < 2:
+            self.start_call(pick.choice(list(self.users)))
+        user = self.users[pick.choice(list(self.users))]
+        user["status"] = pick.choice(["available", "unavailable", "busy", "ringing", "pause"])
+        user["description"] = _DESCRIPTIONS[user["status"]]
         for q in self.queues.values():
-            q["waiting"] = self.random.randint(0, 3)
+            move = pick.choice([-1, 0, 1])
+            if move < 0 and q["waiting"]:
+                q["completed" if pick.random() < 0.8 else "abandoned"] += 1
+            q["waiting"] = max(0, min(5, q["waiting"] + move))
+        if pick.random() < 0.5:
+            terminal = self.users[pick.choice(list(self.users))]
+            terminal["registered"] = not terminal["registered"]
 
     def state(self) -> dict[str, Any]:
-        return {"users": self.users, "calls": self.calls[-20:], "agendas": self.agendas, "queues": self.queues}
+        return {"users": self.users, "calls": self.calls[-20:], "current": self.current, "agendas": self.agendas,
+                "queues": self.queues}
 
     # ---- envelope and auth ------------------------------------------------------------
 
@@ -93,7 +165,7 @@ class SwanSimulator(SimulatorBase):
         if request.headers.get("X-API-Key") != self.api_key:
             return web.json_response({"error": True, "error-msg": "unauthorized", "result": None}, status=401)
         rec = self.recordings.get(request.match_info["call_id"])
-        if rec is None or rec["ready_at"] > time.monotonic():
+        if rec is None or rec["ready_at"] > self.now().timestamp():
             return web.Response(status=404, text="no such recording")
         return web.Response(body=synth(rec["seconds"], "mp3"), content_type="audio/mpeg")
 
@@ -137,7 +209,8 @@ class SwanSimulator(SimulatorBase):
         avg, top = sum(rings) / len(rings), max(rings)
         ok = sum(1 for r in rings if r < 20)
         return {
-            "members": sorted({m for q in qs for m in q["members"]}),
+            # terminal-register logs a user on (and off) all its queues
+            "members": sorted({m for q in qs for m in q["members"] if self.users[m]["registered"]}),
             "alarm": abandoned > completed / 4,
             "status": {
                 "abandoned": abandoned, "abandonedRatio": 100 - (abandoned * 100 / max(1, completed + abandoned)),
@@ -172,6 +245,8 @@ class SwanSimulator(SimulatorBase):
 
     def getWebPhoneUsername(self, req: ops.Extension) -> dict:
         user = self._user(req.extension)
+        if user["registered"] and self.refuse_registered:
+            raise SimError("terminal already registered")
         return {"username": user["mac"], "is_registered": user["registered"]}
 
     def unregisterUser(self, req: ops.Extension) -> dict:
@@ -198,19 +273,21 @@ class SwanSimulator(SimulatorBase):
 
     def listLastCalls(self, req: ops.LastCallsQuery) -> list:
         self._user(req.extension)
+        oldest = self._calldate(self.now() - timedelta(hours=req.hours or 24))  # same format: compares as text
         return [{k: c[k] for k in ("uniqueid", "calldate", "duration", "number", "direction")}
-                for c in reversed(self.calls) if c["extension"] == req.extension]
+                for c in reversed(self.calls) if c["extension"] == req.extension and c["calldate"] >= oldest]
 
     def listCurrentCalls(self, req: ops.Extension) -> list:
         self._user(req.extension)
-        return list(reversed(self.current.get(req.extension, [])))
+        return [{"uniqueid": c["uniqueid"], "calldate": self._calldate(c["started"]), "duration": self._elapsed(c),
+                 "number": c["number"], "direction": c["direction"]} for c in reversed(self.current.get(req.extension, []))]
 
     def getRecording(self, req: ops.RecordingQuery) -> dict:
         self._user(req.extension)
         rec = self.recordings.get(req.callID)
         if rec is None:
             raise SimError(f"call {req.callID} not found")
-        if rec["ready_at"] > time.monotonic():
+        if rec["ready_at"] > self.now().timestamp():
             return {"processing": True}
         url = f"{self.url}recordings/{req.callID}.mp3"
         return {"processing": False, "path": url} if req.extension in rec["parties"] else {"processing": False, "link": url}
@@ -218,8 +295,7 @@ class SwanSimulator(SimulatorBase):
     def placeCall(self, req: ops.PlaceCall) -> dict:
         self._company(req.company)
         self._user(req.private_source)
-        self.current.setdefault(req.private_source, []).append(
-            self._call_record(f"{1700000500 + next(self._seq)}.1", req.destination, "outgoing", 0))
+        self.start_call(req.private_source, number=req.destination, direction="outgoing")
         return {"success": True}
 
     def deleteAgendaPhones(self, req: ops.DeleteAgendaPhones) -> dict:

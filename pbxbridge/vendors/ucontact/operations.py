@@ -1,4 +1,4 @@
-"""uContact "Integra" API (``shared/seeds/001_...``, Spanish), declared once.
+"""uContact "Integra" API (the uContact document, Spanish), declared once.
 
 Every endpoint is a form-encoded POST under ``Integra/resources/``; JSON-object parameters
 (``black``, ``callspool``, ``callschedule``, ``call``, ``filter``) travel as JSON text inside
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import IntEnum
+from functools import lru_cache
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, model_validator
 
@@ -40,6 +42,22 @@ CallGuid = Annotated[Text, StringConstraints(
     pattern=r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|\d{6,}\.\d+)$")]
 # getUserToken's token, a quoted string: printable, no blanks or markup.
 SessionToken = Annotated[Text, StringConstraints(pattern=r"^[A-Za-z0-9._~+/=:-]{4,512}$")]
+
+
+# uContact (Integra) is a Uruguayan product and its cloud servers keep Montevideo time; an
+# account on another server names its zone in the ``timezone`` option.
+DEFAULT_ZONE = "America/Montevideo"
+DEFAULT_LONGEST_CALL = 3600.0
+
+
+def server_zone(options: Any) -> ZoneInfo:
+    """The account's server time zone (option ``timezone``)."""
+    return _zone((getattr(options, "model_extra", None) or {}).get("timezone") or DEFAULT_ZONE)
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
 def direction(campaign: str) -> Literal["inbound", "outbound"] | None:
@@ -178,13 +196,20 @@ class GetRecords(Request):
 
 
 class CdrRecord(Reply):
-    guid: str
-    calldate: str
+    """One row of ``Cdr/getrecords``. The document gives the filter, not a reply example: the
+    row carries the filter's own names (agent, campaign, source, destination) beside the call's
+    GUID and ``calldate`` (server local time, when the call began), ``duration`` in seconds, and
+    the call's outcome in ``disposition`` when the server reports it (Asterisk's CDR words:
+    ANSWERED, NO ANSWER, BUSY, FAILED, CONGESTION)."""
+
+    guid: Annotated[str, StringConstraints(min_length=1)]
+    calldate: Annotated[str, StringConstraints(pattern=_DATETIME)]
     agent: str | None = None
     campaign: str | None = None
     source: Text | None = None
     destination: Text | None = None
-    duration: int | None = None
+    duration: int | None = Field(None, ge=0)
+    disposition: Text | None = None
 
     @property
     def folder(self) -> str:

@@ -10,11 +10,14 @@ The places (the document's "Telefonía" and "RespaldoGrabaciones" servers) are a
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 from pbxbridge.commands import RecordingFetch
 from pbxbridge.recordings import FetchedAudio
 from pbxbridge.vendors.errors import VendorError, VendorNotFound
+from pbxbridge.vendors.ucontact.operations import server_zone
 
 
 def places(base_url: str, options: dict, guid: str, folder: str | None, ext: str) -> list[str]:
@@ -23,6 +26,15 @@ def places(base_url: str, options: dict, guid: str, folder: str | None, ext: str
     backup = options.get("backup_url", origin + "backup/").rstrip("/")
     dated = [f"{telephony}/records/{folder}/{guid}.{ext}", f"{backup}/records/{folder}/{guid}.{ext}"] if folder else []
     return [f"{telephony}/records/{guid}.{ext}", *dated, f"{backup}/records/{guid}.{ext}"]
+
+
+def _folder(call_date: datetime | None, options: Any) -> str | None:
+    """The server's local day of the call (an aware time, e.g. from an event, is converted)."""
+    if call_date is None:
+        return None
+    if call_date.tzinfo is not None:
+        call_date = call_date.astimezone(server_zone(options))
+    return call_date.strftime("%Y%m%d")
 
 
 async def _first(client, urls: list[str]) -> tuple[bytes, str] | None:
@@ -35,7 +47,7 @@ async def _first(client, urls: list[str]) -> tuple[bytes, str] | None:
 
 async def fetch_recording(client, request: RecordingFetch) -> FetchedAudio:
     guid = request.call_id
-    folder = request.call_date.strftime("%Y%m%d") if request.call_date else None
+    folder = _folder(request.call_date, client.account.options)
     opts = client.account.options.model_extra or {}
     base = str(client.account.base_url)
 

@@ -9,20 +9,23 @@ import uuid
 from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from pbxbridge.config import Account
 from pbxbridge.vendors.operation import Operation
 from pbxbridge.vendors.sim_audio import synth
 from pbxbridge.vendors.simulator import SimError, SimulatorBase, Unauthorized
 from pbxbridge.vendors.ucontact import operations as ops
-from pbxbridge.vendors.ucontact.operations import VENDOR
+from pbxbridge.vendors.ucontact.operations import DEFAULT_ZONE, VENDOR
 
 USER = "integrations"
 PASSWORD = "sim-ucontact-password"
 MP3_GUID = "7e4e7db9-f080-494e-b04b-7c8e47711558"
 GSM_GUID = "2b1c0d7e-0000-4000-8000-000000000002"
 DAY = "20261120"
+PAUSE_REASONS = ["Almuerzo", "Baño", "Capacitación"]
 
 
 def gsm_sample() -> bytes:
@@ -41,9 +44,17 @@ class UContactSimulator(SimulatorBase):
     vendor = VENDOR
     base_path = "/"
 
-    def __init__(self, *, user: str = USER, password: str = PASSWORD, **kwargs: Any) -> None:
-        self.user, self.password = user, password
+    def __init__(self, *, user: str = USER, password: str = PASSWORD, zone: str = DEFAULT_ZONE, **kwargs: Any) -> None:
+        self.user, self.password, self.zone = user, password, ZoneInfo(zone)
         super().__init__(**kwargs)
+
+    def account(self, account_id: str = "sim", **options: Any) -> Account:
+        """An account on this simulator, in the simulator's time zone unless told otherwise."""
+        return super().account(account_id, **{"timezone": self.zone.key, **options})
+
+    def now(self) -> datetime:
+        """The server's wall clock: local time without a zone, as it writes it."""
+        return datetime.now(self.zone).replace(tzinfo=None, microsecond=0)
 
     def seed_state(self) -> None:
         self.campaigns = {"test->": _campaign("test->", "fewestcalls"), "Power<-": _campaign("Power<-", "leastrecent"),
@@ -53,8 +64,11 @@ class UContactSimulator(SimulatorBase):
                          "callsTaken": 0, "lastCall": 0, "status": 5, "paused": False, "incall": 0, "pausedreason": "[]"},
             "SIP/1001": {"queue": "test->", "location": "SIP/1001", "membership": "", "name": "Santiago", "penalty": 0,
                          "callsTaken": 0, "lastCall": 0, "status": 1, "paused": False, "incall": 0, "pausedreason": ""},
+            "SIP/1002": {"queue": "Power<-", "location": "SIP/1002", "membership": "", "name": "Lucia", "penalty": 0,
+                         "callsTaken": 0, "lastCall": 0, "status": 1, "paused": False, "incall": 0, "pausedreason": ""},
         }
         self.agent_calls: dict[str, str] = {"1010": MP3_GUID}  # agent phone -> call in progress
+        self.waiting: dict[str, list[datetime]] = {name: [] for name in self.campaigns}  # callers queued since
         self.cdr: list[dict[str, Any]] = []
         self.files: dict[str, bytes] = {}  # path on the recording servers -> audio
         self.blacklist: list[dict[str, Any]] = []
@@ -70,15 +84,19 @@ class UContactSimulator(SimulatorBase):
         self._refresh()
 
     def add_recorded_call(self, guid: str | None = None, *, when: datetime | None = None, place: str | None = None,
-                          gsm: bool = False, campaign: str = "test->") -> str:
-        """A finished call in the CDR, its recording filed at ``place`` (MP3, or GSM when ``gsm``)."""
+                          gsm: bool = False, campaign: str = "test->", duration: int = 2,
+                          disposition: str = "ANSWERED", source: str = "59899123456", destination: str = "1001",
+                          agent: str = "Santiago") -> str:
+        """A finished call written to the CDR (``when`` it began, server local time), its recording
+        filed at ``place`` (MP3, or GSM when ``gsm``) when it was answered."""
         guid = guid or str(uuid.UUID(int=self.random.getrandbits(128)))
-        when = when or datetime.now()
-        folder = when.strftime("%Y%m%d")
-        place = place or f"records/{folder}"
-        self.files[f"{place}/{guid}.{'gsm' if gsm else 'mp3'}"] = gsm_sample() if gsm else synth(2.0, "mp3", pitch=350)
-        self.cdr.append({"guid": guid, "calldate": when.strftime("%Y-%m-%d %H:%M:%S"), "agent": "Santiago",
-                         "campaign": campaign, "source": "59899123456", "destination": "1001", "duration": 2})
+        when = when or self.now() - timedelta(seconds=duration)
+        place = place or f"records/{when:%Y%m%d}"
+        if disposition == "ANSWERED":
+            self.files[f"{place}/{guid}.{'gsm' if gsm else 'mp3'}"] = gsm_sample() if gsm else synth(2.0, "mp3", pitch=350)
+        self.cdr.append({"guid": guid, "calldate": when.strftime("%Y-%m-%d %H:%M:%S"), "agent": agent,
+                         "campaign": campaign, "source": source, "destination": destination, "duration": duration,
+                         "disposition": disposition})
         return guid
 
     def _refresh(self) -> None:
@@ -92,9 +110,32 @@ class UContactSimulator(SimulatorBase):
             c["logged"] = len(members) - c["notavailables"]
 
     def step(self) -> None:
+        """One round: agents change state (sometimes pausing), callers join and leave the queues,
+        one call ends into the CDR with its recording in one of the four places."""
+        pick = self.random.choice
         for agent in self.agents.values():
-            agent["status"] = self.random.choice([1, 1, 2, 6, 9])
-        self.add_recorded_call(gsm=self.random.random() < 0.3, when=datetime.now() - timedelta(seconds=5))
+            agent["status"] = pick([1, 1, 2, 5, 6, 9])
+            agent["paused"] = agent["status"] == 1 and self.random.random() < 0.25
+            agent["pausedreason"] = f"[{pick(PAUSE_REASONS)}]" if agent["paused"] else "[]"
+        now = self.now()
+        for name, queued in self.waiting.items():
+            if queued and self.random.random() < 0.5:
+                queued.pop(0)  # answered, or gave up (counted below when the call ends)
+            if self.random.random() < 0.5:
+                queued.append(now)
+        campaign = pick(list(self.campaigns))
+        word = pick(["ANSWERED", "ANSWERED", "ANSWERED", "NO ANSWER", "BUSY", "FAILED"])
+        duration = self.random.randint(5, 300) if word == "ANSWERED" else self.random.randint(0, 30)
+        folder = f"{now - timedelta(seconds=duration):%Y%m%d}"
+        place = pick(["records", f"records/{folder}", f"backup/records/{folder}", "backup/records"])
+        inbound = campaign.endswith("<-")
+        customer, agent_phone = f"5989{self.random.randint(1000000, 9999999)}", pick(["1001", "1010"])
+        self.add_recorded_call(gsm=self.random.random() < 0.3, place=place, campaign=campaign, duration=duration,
+                               disposition=word, agent=pick(["Santiago", "Daniel"]),
+                               source=customer if inbound else agent_phone, destination=agent_phone if inbound else customer)
+        stats = self.campaigns[campaign]
+        stats["totalcalls"] += 1
+        stats["completed" if word == "ANSWERED" else "abandoned"] += 1
         self._refresh()
 
     def state(self) -> dict[str, Any]:
@@ -235,9 +276,12 @@ class UContactSimulator(SimulatorBase):
         return self.uploadbase(req)
 
     def queuesummary(self, req: ops.NoParams) -> list:
-        stamp = datetime.now().strftime("%b %d, %Y %I:%M:%S %p")
-        rows = [{"queue": n, "loggedIn": c["logged"], "available": c["availables"], "callers": 0, "holdTime": 0,
-                 "talkTime": 0, "longestHoldTime": 0, "internalActionId": "1_1", "dateReceived": stamp}
+        now = self.now()
+        stamp = now.strftime("%b %d, %Y %I:%M:%S %p")
+        rows = [{"queue": n, "loggedIn": c["logged"], "available": c["availables"], "callers": len(self.waiting[n]),
+                 "holdTime": 0, "talkTime": 0,
+                 "longestHoldTime": int((now - self.waiting[n][0]).total_seconds()) if self.waiting[n] else 0,
+                 "internalActionId": "1_1", "dateReceived": stamp}
                 for n, c in self.campaigns.items()]
         return rows + [{"internalActionId": "1_1", "dateReceived": stamp}]
 

@@ -1,9 +1,13 @@
-"""A Yemot simulator: the ``responseStatus`` envelope, sessions that expire, SMS arriving."""
+"""A Yemot simulator: the ``responseStatus`` envelope, sessions that expire, and a system that
+lives: each tick (``activity_interval`` seconds, or ``POST /_sim/tick``) an SMS arrives, every
+queue fills or drains and one of its members is paused or unpaused, a SIP account registers or
+unregisters, and an IVR folder gains or loses a file."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import time
 from datetime import datetime
 from typing import Any
 
@@ -77,13 +81,62 @@ class YemotSimulator(SimulatorBase):
 
     def step(self) -> None:
         self.add_sms()
-        for q in self.queues:
-            for e in self.queues[q]["entries"].values():
-                e["Wait"] += int(self.activity_interval)
-            if self.random.random() < 0.5:
-                self.add_waiting_call(q)
+        for path, queue in self.queues.items():
+            for entry in queue["entries"].values():
+                entry["Wait"] += int(self.activity_interval)
+            self._queue_moves(path, queue)
+            member = self.random.choice(list(queue["members"].values()))
+            member["Paused"] = not member["Paused"]
         account = self.random.choice(self.sip_accounts)
         account["registered"] = not account["registered"]
+        self._folder_moves()
+
+    def _queue_moves(self, path: str, queue: dict[str, Any]) -> None:
+        """Members on a call hang up; then a caller arrives or, when there are callers and a free
+        member, the longest waiting one is answered: the waiting list changes every tick."""
+        members = queue["members"].values()
+        for member in members:
+            if member["Status"] == "2" and self.random.random() < 0.5:
+                member["Status"] = "1"
+        free = [m for m in members if m["Status"] == "1" and not m["Paused"]]
+        if queue["entries"] and free and (len(queue["entries"]) >= 4 or self.random.random() < 0.5):
+            self.answer(path, self.random.choice(free)["agent"])
+        elif len(queue["entries"]) >= 8:  # nobody free for long: the longest waiting caller hangs up
+            self._leave(queue, min(queue["entries"], key=lambda c: queue["entries"][c]["Position"]))
+        else:
+            self.add_waiting_call(path)
+
+    def answer(self, queue: str, agent: str) -> str:
+        """``agent`` takes the caller at the head of ``queue``; returns the call's id."""
+        q = self.queues[queue]
+        call_id = min(q["entries"], key=lambda c: q["entries"][c]["Position"])
+        self._leave(q, call_id)
+        member = q["members"][agent]
+        member.update(Status="2", CallsTaken=member["CallsTaken"] + 1, LastCall=str(int(time.time())))
+        return call_id
+
+    @staticmethod
+    def _leave(queue: dict[str, Any], call_id: str) -> None:
+        """A caller leaves the queue; the ones behind move up."""
+        del queue["entries"][call_id]
+        for position, entry in enumerate(sorted(queue["entries"].values(), key=lambda e: e["Position"]), 1):
+            entry["Position"] = position
+
+    def _folder_moves(self) -> None:
+        """A recording lands in a folder under the next number, or the oldest one is deleted."""
+        folder = self.random.choice(sorted(self.folders))
+        files = self.folders[folder]
+        if files and (len(files) >= 5 or self.random.random() < 0.4):
+            del files[min(files)]
+        else:
+            self.add_file(folder)
+
+    def add_file(self, folder: str, seconds: float = 2.0) -> str:
+        """A new audio file in ``folder``, numbered after the highest (as Yemot numbers recordings)."""
+        numbers = [int(n.split(".")[0]) for n in self.folders[folder] if n.split(".")[0].isdigit()]
+        name = f"{max(numbers, default=-1) + 1:03d}.wav"
+        self.folders[folder][name] = seconds
+        return name
 
     def state(self) -> dict[str, Any]:
         return {"sms": self.sms, "queues": self.queues, "folders": self.folders, "sip_accounts": self.sip_accounts,
@@ -118,6 +171,11 @@ class YemotSimulator(SimulatorBase):
 
     def account_credentials(self) -> tuple[str | None, dict[str, str]]:
         return self.username, {"password": self.password}
+
+    def account(self, account_id: str = "sim", **options: Any):
+        """As the base, watching this simulator's queues and folders unless told otherwise."""
+        options = {"queues": sorted(self.queues), "folders": sorted(self.folders), **options}
+        return super().account(account_id, **options)
 
     # ---- operations -----------------------------------------------------------------
 
@@ -234,7 +292,8 @@ class YemotSimulator(SimulatorBase):
             raise SimError(f"SIP account {number} not found", code="SIP_NOT_FOUND")
         if not account["registered"]:
             return {"contexts": []}
-        return {"contexts": [{"expiration_time": "2026-11-22 23:59:00", "uri": f"sip:{number}@192.168.1.99:5060",
+        # The document's example registration.
+        return {"contexts": [{"expiration_time": "2024-06-04 15:43:38", "uri": f"sip:{number}@192.168.1.99:5060",
                               "user_agent": "Yealink SIP-T29G", "via_addr": "192.168.1.110", "via_port": "5060"}]}
 
     def GetSipAccountsRegisteredStatus(self, req: ops.NoParams) -> dict:
