@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import nats.js.errors
 import pytest
 from aiohttp import web
 
@@ -23,6 +22,7 @@ from pbxbridge.events import AgentStatusChanged, QueueStatusChanged
 from pbxbridge.feeds import EntityChange, Observation, StateFeed, interval_of
 from pbxbridge.vendors import client_for
 from pbxbridge.vendors.errors import MalformedReplyError
+from services.poller.cursor import LostOwnership
 from services.poller.runner import Meters
 from services.poller.snapshot import Snapshot, SnapshotStore
 from services.poller.state import StatePoller
@@ -215,25 +215,19 @@ async def test_restart_past_the_dedupe_window_republishes_nothing(
 async def test_two_replicas_never_both_poll(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
     """While replica A holds the lease replica B never asks the vendor; B takes over when A stops."""
     other = psettings.model_copy(update={"instance": "replica-b"})
-    async with open_bus(other, name="test-state-b") as bus_b:
-        replica_a = running_poller(config_for(psettings, server), pbus)
-        await replica_a.__aenter__()
-        try:
-            await until_events(pbus, 3, "replica A's first look")
-            async with running_poller(config_for(other, server), bus_b):
-                for i, status in enumerate(["paused", "available", "paused"], 1):  # longer than the dedupe window
-                    server.entities["a1"] = {"status": status}
-                    await until_events(pbus, 3 + i, f"change {i}")
-                    await _past_the_dedupe_window(psettings)
-                callers_while_both = set(server.callers)
-                await replica_a.__aexit__(None, None, None)
-                replica_a = None
-                server.entities["a2"] = {"status": "available"}
-                await until_events(pbus, 7, "replica B's first event")
-                await more_polls(server)
-        finally:
-            if replica_a is not None:
-                await replica_a.__aexit__(None, None, None)
+    async with open_bus(other, name="test-state-b") as bus_b, contextlib.AsyncExitStack() as replica_a:
+        await replica_a.enter_async_context(running_poller(config_for(psettings, server), pbus))
+        await until_events(pbus, 3, "replica A's first look")
+        async with running_poller(config_for(other, server), bus_b):
+            for i, status in enumerate(["paused", "available", "paused"], 1):  # longer than the dedupe window
+                server.entities["a1"] = {"status": status}
+                await until_events(pbus, 3 + i, f"change {i}")
+                await _past_the_dedupe_window(psettings)
+            callers_while_both = set(server.callers)
+            await replica_a.aclose()  # A stops and lets go of the lease
+            server.entities["a2"] = {"status": "available"}
+            await until_events(pbus, 7, "replica B's first event")
+            await more_polls(server)
     assert len(callers_while_both) == 1, "both replicas polled the vendor"
     assert len(set(server.callers)) == 2  # B did poll once A was gone
     ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(pbus))
@@ -289,6 +283,18 @@ async def test_crash_during_a_poll_then_restart_past_the_window_repeats_and_lose
     ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(pbus))
     assert len(ids) == 4 and set(ids.values()) == {1}
     assert (await SnapshotStore(cursors, KEY, "x").load()).pending is None
+
+
+async def test_a_replica_that_lost_the_feed_cannot_overwrite_the_snapshot(pbus: Bus) -> None:
+    """Snapshot writes are compare-and-set: a stale writer gets LostOwnership, the newer snapshot stays."""
+    cursors = await pbus.js.key_value(pbus.names.cursors)
+    stale, current = SnapshotStore(cursors, KEY, "replica-a"), SnapshotStore(cursors, KEY, "replica-b")
+    await stale.save(Snapshot(counter=1))
+    await current.load()
+    await current.save(Snapshot(counter=2))
+    with pytest.raises(LostOwnership):
+        await stale.save(Snapshot(counter=3))
+    assert (await current.load()).counter == 2
 
 
 async def test_malformed_snapshot_raises_health_keeps_the_snapshot_and_recovers(
