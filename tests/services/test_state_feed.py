@@ -18,7 +18,7 @@ from helpers_poller import LoopWatch, count, metric_reader, read_all, running_po
 from pbxbridge.bus import Bus, open_bus
 from pbxbridge.bus.envelope import deterministic_id
 from pbxbridge.config import Account, AccountOptions, Config, Settings
-from pbxbridge.events import AgentStatusChanged, QueueStatusChanged
+from pbxbridge.events import AgentStatusChanged, CallEnded, CallStarted, QueueStatusChanged
 from pbxbridge.feeds import EntityChange, Observation, StateFeed, interval_of
 from pbxbridge.vendors import client_for
 from pbxbridge.vendors.errors import MalformedReplyError
@@ -71,12 +71,17 @@ def presence_feed(server: SnapshotServer, http: httpx.AsyncClient) -> StateFeed:
         return [Observation(row["id"], {k: v for k, v in row.items() if k != "id"}, row) for row in reply["rows"]]
 
     def build(change: EntityChange, account: Account) -> tuple[type, dict[str, Any]] | None:
+        if change.entity.startswith("call-"):  # calls in progress: news when one starts or ends
+            parties = {"call_id": change.entity, "from": {"raw": "101", "e164": None}, "to": {"raw": "102", "e164": None}}
+            if change.change == "appeared":
+                return CallStarted, parties
+            return (CallEnded, {**parties, "disposition": "answered"}) if change.change == "disappeared" else None
         if change.entity.startswith("queue-"):
             return QueueStatusChanged, {"queue": change.entity, "waiting": (change.after or {}).get("waiting")}
         status = (change.after or {"status": "offline"})["status"]
         return AgentStatusChanged, {"agent": change.entity, "status": status, "vendor_status": status}
 
-    return StateFeed(name=FEED, events=(AgentStatusChanged, QueueStatusChanged), fetch=fetch, build=build)
+    return StateFeed(name=FEED, events=(AgentStatusChanged, QueueStatusChanged, CallStarted, CallEnded), fetch=fetch, build=build)
 
 
 @pytest.fixture
@@ -180,6 +185,26 @@ async def test_appear_change_disappear_each_give_one_event_of_the_built_type(
     assert gone.data["status"] == "offline" and gone.data["original"] == {"id": "a2", "status": "paused"}
     assert next(m for m in events if m.data["key"] == "queue-support").subject == subjects(pbus)[1]
     assert await total(pbus) == 6
+
+
+async def test_calls_in_progress_give_started_and_ended_and_nothing_between(
+    psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed,
+) -> None:
+    """build may answer a non-state event (no change/sequence fields) or None (no news)."""
+    started, ended = (pbus.subjects.event("yemot", "acme", e.event) for e in (CallStarted, CallEnded))
+    async with running_poller(config_for(psettings, server), pbus):
+        await until_events(pbus, 3, "the first look")
+        server.entities["call-7"] = {"state": "ringing"}
+        await wait_for(lambda: _count_is(pbus, started, 1), what="call.started")
+        server.entities["call-7"] = {"state": "talking"}  # a change build calls no news
+        await more_polls(server)
+        del server.entities["call-7"]
+        await wait_for(lambda: _count_is(pbus, ended, 1), what="call.ended")
+        await more_polls(server)
+    (start,), (end,) = await read_all(pbus, started), await read_all(pbus, ended)
+    assert start.data["call_id"] == end.data["call_id"] == "call-7" and "sequence" not in start.data
+    assert end.data["original"] == {"id": "call-7", "state": "talking"}
+    assert await count(pbus, started) + await count(pbus, ended) == 2
 
 
 async def test_flapping_entity_gives_every_change_in_order(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
