@@ -67,12 +67,10 @@ class StatePoller(Poller):
         messages = await self.build(pending, dead_letter_refused=False)  # they were dead-lettered before
         wanted = {m.headers["Nats-Msg-Id"] for m in messages}
         stored_seq, stored_ids = self.snapshot.seq, set()
-        for seq, body in await stored_after(self.bus.js, self.bus.names.events, self.subjects, self.snapshot.seq):
-            data = json.loads(body)
-            event_id = self.event_id(data.get("key", ""), data.get("sequence", -1))
-            if event_id in wanted:
-                stored_ids.add(event_id)
-                stored_seq = max(stored_seq, seq)
+        for message in await stored_after(self.bus.js, self.bus.names.events, self.subjects, self.snapshot.seq):
+            if message.msg_id in wanted:
+                stored_ids.add(message.msg_id)
+                stored_seq = max(stored_seq, message.seq)
         missing = [m for m in messages if m.headers["Nats-Msg-Id"] not in stored_ids]
         log.info("%s: finishing %d change(s) of an interrupted run: %d already stored, %d to publish",
                  self.label, len(pending.changes), len(stored_ids), len(missing))
