@@ -111,12 +111,12 @@ async def feed(server: SnapshotServer, monkeypatch: pytest.MonkeyPatch) -> Async
         yield declared
 
 
-def account_for(server: SnapshotServer) -> Account:
-    return Account(vendor="yemot", id="acme", base_url=server.url, options=AccountOptions(poll_interval=0.1))
+def account_for(server: SnapshotServer, **options: Any) -> Account:
+    return Account(vendor="yemot", id="acme", base_url=server.url, options=AccountOptions(**{"poll_interval": 0.1, **options}))
 
 
-def config_for(settings: Settings, server: SnapshotServer) -> Config:
-    return Config(settings=settings, accounts=[account_for(server)])
+def config_for(settings: Settings, server: SnapshotServer, **options: Any) -> Config:
+    return Config(settings=settings, accounts=[account_for(server, **options)])
 
 
 def subjects(bus: Bus) -> list[str]:
@@ -356,6 +356,12 @@ async def test_a_big_snapshot_never_stalls_the_loop(psettings: Settings, pbus: B
         await wait_for(lambda: _count_is(pbus, subjects(pbus)[0], 20_000), timeout=60, what="every change")
     print(f"\nlongest event-loop stall over 10,000 entities: {watch.longest * 1000:.0f} ms")
     assert watch.longest < 0.1, f"the event loop stalled {watch.longest * 1000:.0f} ms"
+
+
+async def test_the_accounts_feed_interval_paces_the_poller(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
+    """feed_intervals reaches the schedule: polls every 0.1 s although poll_interval says 60."""
+    async with running_poller(config_for(psettings, server, poll_interval=60, feed_intervals={FEED: 0.1}), pbus):
+        await more_polls(server, 5)
 
 
 def test_interval_is_the_accounts_override_else_the_feeds_else_poll_interval(server: SnapshotServer) -> None:
