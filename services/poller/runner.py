@@ -329,11 +329,11 @@ class FeedPoller(Poller):
         if not stored:
             return
         published = []
-        for _, body in stored:
-            data = json.loads(body)
+        for message in stored:
+            data = json.loads(message.body)
             published.append((datetime.fromisoformat(data["occurred_at"]).timestamp(), data["key"]))
         self.advance(published)
-        self.cursor.seq = stored[-1][0]
+        self.cursor.seq = stored[-1].seq
         log.info("%s: %d event(s) stored after the last cursor write taken into the cursor", self.label, len(stored))
         await self.save_cursor()
 
