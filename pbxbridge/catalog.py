@@ -83,7 +83,7 @@ def coverage_markdown() -> str:
             row.append("yes" if neutral is not None and name in getattr(neutral, "NEUTRAL", {}) else "–")
         lines.append(f"| `{name}` | " + " | ".join(row) + " |")
     for v in vendors:
-        lines += ["", f"## {v.title}", "", f"Source: `shared/seeds/{v.document}`", ""]
+        lines += ["", f"## {v.title}", "", f"Source: {v.title}'s own API document.", ""]
         lines += ["| operation | HTTP | path | command | retry-safe | summary |", "| --- | --- | --- | --- | --- | --- |"]
         for op in v.operations.values():
             command = f"`{op.command}`" if op.exposed else "(session; not a command)"

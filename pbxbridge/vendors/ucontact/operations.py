@@ -407,7 +407,6 @@ _LIST = "dGVzdC0+OzA5ODM0NDQ4NDt2YXIxPXZhbDE6OzsK"  # base64 of one list row
 VENDOR = Vendor(
     "ucontact",
     "uContact (Integra)",
-    document="001_d6344948f6c48476.txt",
     operations=[
         op("auth/getUserToken", TokenRequest, SessionToken, "Open a session: the token for Basic auth.", {}, retry_safe=True,
            exposed=False),
