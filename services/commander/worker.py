@@ -10,6 +10,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js.api import ConsumerConfig
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
@@ -32,7 +33,9 @@ async def raw_body(msg: NatsMessage) -> bytes:
 
 def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
     settings = config.settings
-    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
+    # Our handlers log (FastStream's access log is noise); its telemetry middleware continues the
+    # sender's trace from the message's ``traceparent`` when tracing is on.
+    broker = NatsBroker(bus.url, logger=None, middlewares=tracing.broker_middlewares())
 
     @broker.subscriber(
         bus.subjects.all_commands,
