@@ -210,3 +210,68 @@ async def test_a_command_continues_the_senders_trace_through_vendor_call_and_res
 async def _messages(bus: Bus, subject: str) -> list:
     stream = bus.names.results if ".results." in subject else bus.names.events
     return await read_all(bus, subject, stream=stream)
+
+
+# ---- a poll, a recording job ------------------------------------------------------------------
+
+async def test_a_polls_events_carry_the_polls_trace(
+    settings: Settings, bus: Bus, traced: TracerProvider, receiver: OtlpReceiver,
+) -> None:
+    """Every event a poll publishes carries that poll's span as its parent; the poll's Yemot
+    request is a child of the same span."""
+    async with YemotSimulator(activity=False) as sim:
+        config = Config(settings=settings, accounts=[sim.account("acme", poll_interval=0.2, phone_region="IL", feeds=["sms"])])
+        async with running_poller(config, bus):
+            events = await wait_for(lambda: _at_least(bus, sms_subject(bus), 3), what="the seeded SMS as events")
+    parents = {traceparent_of(e.headers) for e in events}
+    assert len(parents) == 1, parents  # one poll published them all
+    [(trace_id, poll_span_id)] = parents
+    await spans_arrived(traced, receiver, trace_id, "poll sms")
+    [poll] = receiver.named(trace_id, "poll sms")
+    assert poll.span_id == poll_span_id and poll.parent_id == "" and poll.attributes["pbx.feed"] == "sms"
+    [fetch] = [s for s in receiver.trace(trace_id) if s.kind == "CLIENT" and "/GetSmsIncomingLog?" in s.attributes["http.url"]]
+    assert fetch.parent_id == poll.span_id and "token=***" in fetch.attributes["http.url"]
+
+
+async def _at_least(bus: Bus, subject: str, n: int) -> list | None:
+    events = await read_all(bus, subject)
+    return events if len(events) >= n else None
+
+
+async def test_a_recording_jobs_fetch_conversion_store_and_announcement_join_the_commands_trace(
+    settings: Settings, bus: Bus, traced: TracerProvider, receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """recording.fetch through the commander, the job, the recordings worker's four steps, the
+    announcement and the result: one trace. Fonema's bearer token, captured as a header
+    attribute on request, is masked."""
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST", "authorization")
+    settings.command_backoff = 0.05
+    async with load("fonema").Simulator(activity=False) as sim:
+        async with running_recordings(Config(settings=settings, accounts=[sim.account("madrid")]), bus, sim) as rig:
+            call_id = sim.add_finished_call(recorded=True, seconds=1.0)
+            with traced.get_tracer("tests").start_as_current_span("archive-call") as parent:
+                result = await rig.fetch(call_id)
+            assert result.status == "succeeded", result
+            trace_id = format_trace_id(parent.get_span_context().trace_id)
+            commands = bus.subjects.command("fonema", "madrid", "recording.fetch")
+            job = bus.subjects.job("recordings", "fonema", "madrid")
+            archived = bus.subjects.event("fonema", "madrid", "recording.archived")
+            results = bus.subjects.result("fonema", "madrid", "recording.fetch")
+            await spans_arrived(traced, receiver, trace_id, f"{job} process", f"{results} publish", "recording.announce")
+            secrets = [sim.password, *sim.tokens]
+
+    spans = receiver.trace(trace_id)
+    print("\na recording.fetch's trace, as the OTLP receiver got it:\n" + tree(spans))
+    [root] = receiver.named(trace_id, "archive-call")
+    hand_over = only_child(spans, only_child(spans, root, f"{commands} process"), f"{job} publish")
+    worker = only_child(spans, hand_over, f"{job} process")
+    fetch, convert, store, announce = (only_child(spans, worker, f"recording.{step}") for step in ("fetch", "convert", "store", "announce"))
+    assert [s for s in spans if s.kind == "CLIENT" and s.parent_id == fetch.span_id], "the vendor download is in the fetch"
+    only_child(spans, announce, f"{archived} publish")
+    only_child(spans, worker, f"{results} publish")
+    assert convert.attributes["pbx.source_format"] and store.attributes["pbx.archive.name"].startswith("fonema/madrid/")
+    captured = [s.attributes["http.request.header.authorization"] for s in receiver.spans
+                if "http.request.header.authorization" in s.attributes]
+    assert captured and all(v == ("***",) for v in captured), captured
+    leaked = [(s.name, k) for s in receiver.spans for k, v in s.attributes.items() for secret in secrets if secret in str(v)]
+    assert secrets and not leaked, leaked
