@@ -12,6 +12,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
@@ -69,7 +70,9 @@ async def raw_body(msg: NatsMessage) -> bytes:
 def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
     settings = config.settings
     read_any_subject()
-    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
+    # Our handlers log (FastStream's access log is noise); its telemetry middleware continues the
+    # sender's trace from the message's ``traceparent`` when tracing is on.
+    broker = NatsBroker(bus.url, logger=None, middlewares=tracing.broker_middlewares())
 
     consumer = commands_consumer(bus, settings)
 

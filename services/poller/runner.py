@@ -23,6 +23,7 @@ import nats.errors
 from opentelemetry import metrics
 from pydantic import ValidationError
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri
 from pbxbridge.bus.outcomes import DeadLetter, dead_letter
@@ -276,7 +277,10 @@ class Poller:
             jitter = random.uniform(0, min(self.tuning.jitter * interval, self.tuning.max_jitter))
             if await wait_or_stop(stop, deadline + jitter - time.monotonic()):
                 return
-            hold_off = await self.poll_once(stop)
+            # One trace per poll: its vendor requests and every event it publishes carry it.
+            with tracing.span(f"poll {self.feed.name}", **{"pbx.vendor": self.account.vendor,
+                                                          "pbx.account": self.account.id, "pbx.feed": self.feed.name}):
+                hold_off = await self.poll_once(stop)
             deadline += interval
             now = time.monotonic()
             if deadline < now:  # a slow poll: skip missed deadlines rather than burst
