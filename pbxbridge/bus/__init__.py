@@ -13,11 +13,12 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from pbxbridge.bus.connection import NatsConnection, nats_connection
 from pbxbridge.bus.embedded import EmbeddedNats, port_is_free
 from pbxbridge.bus.envelope import CloudEvent
-from pbxbridge.bus.infra import Names, ensure_all
+from pbxbridge.bus.infra import Names, NotProvisioned, ensure_all, verify_all
 from pbxbridge.bus.subjects import Subjects
-from pbxbridge.config import Settings, masked_url
+from pbxbridge.config import Settings, masked_url, split_servers
 
 log = logging.getLogger("pbxbridge.bus")
 
@@ -30,10 +31,20 @@ class Bus:
     subjects: Subjects
     names: Names
     url: str = field(repr=False)  # may carry a password: print ``display_url``
+    # How to connect again, credentials and TLS included: FastStream's brokers use it.
+    connection: NatsConnection | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.connection is None:
+            self.connection = NatsConnection(split_servers(self.url))
 
     @property
     def display_url(self) -> str:
         return masked_url(self.url)
+
+    def broker_kwargs(self) -> dict:
+        """``NatsBroker(**bus.broker_kwargs(), ...)``: the same servers, credentials and TLS as the bus."""
+        return self.connection.broker_kwargs()  # type: ignore[union-attr]
 
     async def publish(self, subject: str, event: CloudEvent, *, timeout: float = 5.0):
         """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``)."""
@@ -41,15 +52,23 @@ class Bus:
         return await self.js.publish(subject, body, headers=headers, timeout=timeout)
 
 
+__all__ = ["Bus", "BusUnreachable", "NotProvisioned", "connect_nats", "open_bus"]
+
+
 class BusUnreachable(ConnectionError):
     """No NATS server accepted the connection in the time allowed; the message names the URL, masked."""
 
 
-async def connect_nats(url: str, *, name: str = "pbxbridge", timeout: float | None = None) -> NatsClient:
-    """Connect to ``url``; once connected, reconnect for ever.
+async def connect_nats(
+    target: str | NatsConnection, *, name: str = "pbxbridge", timeout: float | None = None,
+) -> NatsClient:
+    """Connect to ``target`` (a URL or comma-separated URLs, or a ``NatsConnection`` with
+    credentials and TLS); once connected, reconnect for ever.
 
     Without ``timeout`` the first connection is retried for ever too (a worker waits for its
     cluster); with it, give up after ``timeout`` seconds with ``BusUnreachable``."""
+    connection = target if isinstance(target, NatsConnection) else NatsConnection(split_servers(target))
+    url = ",".join(connection.servers)
     nc = NatsClient()
     failures: list[Exception] = []
 
@@ -67,7 +86,7 @@ async def connect_nats(url: str, *, name: str = "pbxbridge", timeout: float | No
             failures.append(exc)
 
     connecting = nc.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        **connection.nats_kwargs(), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
         disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
     )
     if timeout is None:
@@ -88,22 +107,30 @@ async def connect_nats(url: str, *, name: str = "pbxbridge", timeout: float | No
 
 @asynccontextmanager
 async def open_bus(settings: Settings, *, name: str = "pbxbridge") -> AsyncIterator[Bus]:
-    """Connect (starting the embedded nats-server if no URL is set) and ensure the streams exist."""
+    """Connect (starting the embedded nats-server if no URL is set), then make sure the streams
+    and buckets exist: create/update them (``PBX_PROVISION=create``), or only check them
+    (``verify``: ``NotProvisioned`` names what is missing). A credential file that cannot be used
+    raises ``NatsCredentialsError`` (a ``ConfigError``) before any connection."""
     embedded = None
-    url = settings.nats_url
-    if not url:
+    if settings.nats_url:
+        connection = nats_connection(settings)
+        # named before the first attempt: an unreachable server is otherwise retried in silence
+        log.info("connecting to NATS at %s", masked_url(settings.nats_url))
+    else:
         port = settings.embedded_port if port_is_free(settings.embedded_port) else 0
         embedded = EmbeddedNats(settings.data_dir / "nats", port=port)
-        url = await embedded.start()
-        log.info("embedded nats-server with JetStream on %s (data in %s)", url, embedded.data_dir)
-    else:  # named before the first attempt: an unreachable server is otherwise retried in silence
-        log.info("connecting to NATS at %s", masked_url(url))
+        connection = NatsConnection([await embedded.start()])
+        log.info("embedded nats-server with JetStream on %s (data in %s)", embedded.url, embedded.data_dir)
+    url = ",".join(connection.servers)
     try:
-        nc = await connect_nats(url, name=name)
+        nc = await connect_nats(connection, name=name)
         try:
             js = nc.jetstream()
-            await ensure_all(js, settings)
-            yield Bus(settings, nc, js, Subjects(settings.prefix), Names(settings.prefix), url)
+            if settings.provision == "verify":
+                await verify_all(js, settings)
+            else:
+                await ensure_all(js, settings)
+            yield Bus(settings, nc, js, Subjects(settings.prefix), Names(settings.prefix), url, connection)
         finally:
             try:
                 await nc.drain()

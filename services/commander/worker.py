@@ -8,9 +8,9 @@ import logging
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from nats.js.api import ConsumerConfig
-
 from pbxbridge.bus import Bus
+from pbxbridge.bus.consumers import COMMANDER as CONSUMER, commander_consumer
+from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config
@@ -19,8 +19,6 @@ from services.commander.handler import CommandHandler
 from services.commander.plan import Delivery
 
 log = logging.getLogger("pbxbridge.commander")
-
-CONSUMER = "commander"
 
 
 async def raw_body(msg: NatsMessage) -> bytes:
@@ -32,24 +30,21 @@ async def raw_body(msg: NatsMessage) -> bytes:
 
 def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
     settings = config.settings
-    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
+    # The bus's servers, credentials and TLS; our handlers log, FastStream's access log is noise.
+    broker = NatsBroker(**bus.broker_kwargs(), logger=None)
+    consumer = commander_consumer(settings)
 
     @broker.subscriber(
-        bus.subjects.all_commands,
-        stream=JStream(bus.names.commands, declare=False),
+        consumer.config.filter_subject,
+        stream=JStream(consumer.stream, declare=False),
         durable=CONSUMER,
         pull_sub=PullSub(batch_size=settings.command_concurrency, timeout=1.0),
         max_workers=settings.command_concurrency,
         decoder=raw_body,
         # Acks are ours: FastStream's default would terminate a message whose handler raised.
         ack_policy=AckPolicy.MANUAL,
-        config=ConsumerConfig(
-            # Unlimited for JetStream: the handler concludes on delivery ``command_max_deliveries``,
-            # so a message never stops being delivered before it has its result.
-            max_deliver=-1,
-            # Work in progress says so (``in_progress`` with every claim heartbeat).
-            ack_wait=settings.command_ack_wait,
-        ),
+        # Used only if the durable does not exist yet; serve() has created or verified it.
+        config=consumer.config,
     )
     async def on_command(msg: NatsMessage) -> None:
         raw = msg.raw_message
@@ -75,6 +70,8 @@ def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroke
 async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     ledger = Ledger(await bus.js.key_value(bus.names.ledger))
     tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+    # Created or updated here (PBX_PROVISION=create), or only looked up (verify: provisioning made it).
+    await ensure_consumers(bus.js, config.settings, [commander_consumer(config.settings)])
     clients = {a.key: client_for(a, token_store=tokens) for a in config.accounts}
     broker = build_broker(bus, CommandHandler(config, bus, ledger, clients), config)
     log.info("commander %s: %d account(s)", config.settings.instance, len(clients))
