@@ -2,16 +2,23 @@
 configuration on loopback, with passwords made by deploy/make-secrets.sh; then each user is
 checked for what it may and may not do.
 
-- admin provisions with the real ``open_bus`` (``ensure_all``: every stream, bucket and the
-  object store), and publishes no data;
+- admin runs ``pbxbridge provision`` (a separate process, PBX_NATS_USER + PBX_NATS_PASSWORD_FILE):
+  every stream, bucket, the object store and the workers' durable consumers, one line each,
+  ``created`` the first time and ``unchanged`` the second; it publishes no data;
 - each worker user does the operations its worker does, with pbxbridge's own code where it is
   reachable without the vendors (poller ``stored_after``, the commander's FastStream subscriber,
-  the recordings ``jobs_consumer``, ``Ledger``, ``KvTokenStore``), and is refused the rest;
-- the application user publishes commands and reads events, results and the ledger, nothing more.
+  the recordings jobs consumer, ``Ledger``, ``KvTokenStore``), and is refused the rest, creating
+  its own consumer included (provisioning does that);
+- the application user publishes commands and reads events, results and the ledger, nothing more;
+- then the real workers run, each as ``pbxbridge run <worker>`` under its own user with
+  ``PBX_PROVISION=verify``, against the Yemot and Fonema simulators on loopback: the poller
+  publishes an SMS event, the commander answers a command the app user sends, the recordings
+  worker archives a recording; the server logs no permissions violation of theirs;
+- a consumer deleted behind the workers' back stops the worker that needs it with one line
+  naming it, and ``pbxbridge provision`` puts it back (and updates a changed setting).
 
-The workers themselves are not started under these users: ``open_bus`` creates or updates the
-streams at start-up, which only admin may do; ``PBX_PROVISION=verify`` (workers that only verify)
-is being written on another branch. So the workers' bus operations are checked one by one here.
+Every connection here is made as the workers make theirs: ``nats_connection(settings)`` with the
+password read from the file make-secrets.sh wrote.
 
 nats-py reports a refused publish or subscription through the connection's error callback,
 ``nats.errors.Error('nats: permissions violation for publish to "<subject>"')`` (the server's
@@ -24,11 +31,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import types
+import uuid
 from datetime import datetime, timedelta, timezone
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -41,9 +48,11 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, StreamConfig
 
-from pbxbridge.bus import open_bus
+from nats_processes import nats_server_process, pbx_env, pbxbridge
+from pbxbridge.bus.connection import nats_connection
+from pbxbridge.bus.consumers import all_consumers, commander_consumer, recordings_jobs_consumer
 from pbxbridge.bus.embedded import find_binary, free_port
-from pbxbridge.bus.infra import Names
+from pbxbridge.bus.infra import Names, kv_configs, stream_configs
 from pbxbridge.bus.ledger import Ledger, LedgerEntry
 from pbxbridge.bus.subjects import Subjects
 from pbxbridge.bus.tokens import KvTokenStore
@@ -59,10 +68,30 @@ S, N = Subjects("pbx"), Names("pbx")
 class Server:
     port: int
     passwords: dict[str, str]
-    process: subprocess.Popen
+    secrets: Path  # make-secrets.sh's folder: nats_<user>_password
+    log: Path
 
     def url(self, user: str, password: str | None = None) -> str:
         return f"nats://{user}:{password or self.passwords[user]}@127.0.0.1:{self.port}"
+
+    @property
+    def plain_url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def env(self, user: str, **settings: str) -> dict[str, str]:
+        """A pbxbridge process's environment as deploy/compose.yaml gives it: user + password file."""
+        return pbx_env(
+            PBX_NATS_URL=self.plain_url, PBX_NATS_USER=user,
+            PBX_NATS_PASSWORD_FILE=str(self.secrets / f"nats_{user}_password"),
+            PBX_PREFIX="pbx", PBX_DUPLICATE_WINDOW="60", **settings,
+        )
+
+    def settings(self, user: str) -> Settings:
+        """The same, in-process."""
+        return Settings(
+            _env_file=None, nats_url=self.plain_url, nats_user=user,
+            nats_password_file=self.secrets / f"nats_{user}_password", prefix="pbx", duplicate_window=60,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -81,28 +110,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     text = (conf / "passwords.conf").read_text()
     assert "$2" in text and not any((secrets / f"nats_{u}_password").read_text().strip() in text for u in USERS)
     port = free_port()
-    log = open(tmp / "nats.log", "wb")
-    proc = subprocess.Popen(
-        [find_binary(), "-c", str(conf / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
-         "-m", str(free_port())],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
-    deadline = time.monotonic() + 15
-    while True:
-        assert proc.poll() is None, (tmp / "nats.log").read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
     passwords = {u: (secrets / f"nats_{u}_password").read_text().strip() for u in USERS}
-    try:
-        yield Server(port, passwords, proc)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with nats_server_process(conf / "nats.conf", port, extra=("-m", str(free_port()))):
+        yield Server(port, passwords, secrets, conf / "nats.log")
 
 
 @dataclass
@@ -152,7 +162,10 @@ async def connect(server: Server) -> AsyncIterator:
         async def on_error(exc: Exception) -> None:
             conn.errors.append(str(exc))
 
-        conn.nc = await nats.connect(server.url(user), error_cb=on_error, allow_reconnect=False, connect_timeout=5)
+        # As the workers connect: the password from its file, through nats_connection.
+        conn.nc = await nats.connect(
+            **nats_connection(server.settings(user)).nats_kwargs(), error_cb=on_error, allow_reconnect=False, connect_timeout=5,
+        )
         opened.append(conn.nc)
         return conn
 
@@ -162,16 +175,28 @@ async def connect(server: Server) -> AsyncIterator:
             await nc.close()
 
 
+def _everything(settings: Settings) -> list[str]:
+    """What provisioning looks after, as it names each thing."""
+    return (
+        [f"stream {c.name}" for c in stream_configs(settings)]
+        + [f"KV bucket {c.bucket}" for c in kv_configs(settings)]
+        + [f"object store {N.recordings}"]
+        + [f"consumer {c.name}" for c in all_consumers(settings)]
+    )
+
+
 @pytest.fixture(scope="module")
 async def provisioned(server: Server) -> Settings:
-    """Admin runs pbxbridge's own start-up provisioning: open_bus -> ensure_all."""
-    settings = Settings(_env_file=None, nats_url=server.url("admin"), prefix="pbx", duplicate_window=60)
-    async with open_bus(settings, name="provision") as bus:
-        for stream in (N.events, N.commands, N.jobs, N.results, N.dead_letters):
-            await bus.js.stream_info(stream)
-        for bucket in (N.cursors, N.leases, N.ledger, N.tokens):
-            await bus.js.key_value(bucket)
-        await bus.js.object_store(N.recordings)
+    """Admin runs ``pbxbridge provision``, twice: everything created, then everything unchanged."""
+    settings = server.settings("admin")
+    everything = _everything(settings)
+    first = await pbxbridge("provision", env=server.env("admin"))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [f"{name}: created" for name in everything]
+    again = await pbxbridge("provision", env=server.env("admin"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [f"{name}: unchanged" for name in everything]
+    assert server.passwords["admin"] not in first.stdout + first.stderr + again.stdout + again.stderr
     return settings
 
 
@@ -259,10 +284,10 @@ async def test_commander(provisioned: Settings, server: Server, connect) -> None
     app, commander = await connect("app"), await connect("commander")
     subject = S.command("yemot", "acme", "call.hangup")
     await app.js.publish(subject, b"{}", headers=_event_headers("cmd-1"))
-    # The commander's own FastStream subscriber (durable "commander" on the commands work queue),
-    # connecting as the commander user.
-    settings = provisioned.model_copy(update={"nats_url": server.url("commander")})
-    bus = Bus(settings, commander.nc, commander.js, S, N, settings.nats_url)
+    # The commander's own FastStream subscriber (durable "commander" on the commands work queue,
+    # provisioned), its broker connecting as the commander user with the password file.
+    settings = server.settings("commander")
+    bus = Bus(settings, commander.nc, commander.js, S, N, settings.nats_url, nats_connection(settings))
     handler = _AckAll()
     broker = build_broker(bus, handler, types.SimpleNamespace(settings=settings))
     async with broker:
@@ -295,15 +320,21 @@ async def test_commander(provisioned: Settings, server: Server, connect) -> None
     assert await commander.refused_subscribe(S.all_commands)  # only through its durable consumer
     with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
         await js.add_consumer(N.jobs, ConsumerConfig(durable_name="recordings"))
+    # nor create or change its own: provisioning does
+    own = commander_consumer(settings)
+    with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+        await js.add_consumer(own.stream, own.config)
 
 
 async def test_recordings(provisioned: Settings, connect) -> None:
-    from services.recordings.worker import jobs_consumer
-
     commander, rec = await connect("commander"), await connect("recordings")
     js = rec.js
-    settings = provisioned
-    await js.add_consumer(N.jobs, jobs_consumer(types.SimpleNamespace(subjects=S), settings))
+    # its consumer is provisioned: it may not create or change it
+    own = recordings_jobs_consumer(provisioned)
+    with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+        await js.add_consumer(own.stream, own.config)
+    assert await rec.violations(f"$JS.API.CONSUMER.DURABLE.CREATE.{N.jobs}.recordings")
+    rec.errors.clear()  # that one was expected; from here on, none is
     await commander.js.publish(S.job("recordings", "swan", "hq"), b'{"job": 2}', headers=_event_headers("job-2"))
     sub = await js.pull_subscribe(f"pbx.jobs.recordings.>", durable="recordings", stream=N.jobs)
     msgs = await sub.fetch(10, timeout=5)
@@ -325,11 +356,13 @@ async def test_recordings(provisioned: Settings, connect) -> None:
     await js.publish(S.event("swan", "hq", "recording.archived"), b"{}", headers=_event_headers("arch-1"))
     await js.publish(S.result("swan", "hq", "recording.fetch"), b"{}", headers=_event_headers("res-2"))
     await js.publish(S.dead_letter("recordings", "swan", "hq", "recording-fetch"), b"{}", headers=_event_headers("dl-3"))
+    # a job of its own making, from a call.ended event (accounts that archive by themselves)
+    await js.publish(S.job("recordings", "swan", "hq"), b'{"job": 3}', headers=_event_headers("job-3"))
     assert await rec.quiet() == []
     for forbidden in (
         S.event("swan", "hq", "sms.received"), S.event("swan", "hq", "call.ended"),
         S.result("swan", "hq", "call.hangup"), S.command("swan", "hq", "recording.fetch"),
-        S.job("recordings", "swan", "hq"), "$KV.pbx_cursors.k", "$JS.API.CONSUMER.MSG.NEXT.PBX_COMMANDS.commander",
+        S.job("transcripts", "swan", "hq"), "$KV.pbx_cursors.k", "$JS.API.CONSUMER.MSG.NEXT.PBX_COMMANDS.commander",
     ):
         assert await rec.refused_publish(forbidden), forbidden
     assert await rec.refused_subscribe(S.all_events)

@@ -13,6 +13,8 @@ ledger (command id -> outcome), shared vendor tokens. Object Store: recordings.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -250,40 +252,36 @@ async def provision(js: JetStreamContext, settings: Settings) -> list[Provisione
     return done
 
 
-async def _look_up(lookup: Any, label: str, missing: list[str], unanswered: list[str]) -> None:
-    try:
-        await lookup
-    except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
-        missing.append(label)
-    except (nats.errors.TimeoutError, TimeoutError):
-        # A lookup this user may not make is never answered (a permissions violation).
-        unanswered.append(label)
+async def _look_up(lookups: "dict[str, Awaitable[Any]]") -> None:
+    """Run the lookups together (a refused one costs a whole timeout: not one after another)
+    and raise ``NotProvisioned`` naming every one that found nothing or got no answer."""
+    labels = list(lookups)
+    outcomes = await asyncio.gather(*lookups.values(), return_exceptions=True)
+    missing, unanswered = [], []
+    for label, outcome in zip(labels, outcomes):
+        if isinstance(outcome, (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError)):
+            missing.append(label)
+        elif isinstance(outcome, (nats.errors.TimeoutError, TimeoutError)):
+            # A lookup this user may not make is never answered (a permissions violation).
+            unanswered.append(label)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+    if missing or unanswered:
+        raise NotProvisioned(missing, unanswered)
 
 
 async def verify_all(js: JetStreamContext, settings: Settings) -> None:
     """``PBX_PROVISION=verify``: every stream and bucket exists, or ``NotProvisioned`` names the
     missing ones. Only lookups (stream info), which every worker's NATS user may make."""
     names = Names(settings.prefix)
-    missing: list[str] = []
-    unanswered: list[str] = []
-    for config in stream_configs(settings):
-        await _look_up(js.stream_info(config.name), f"stream {config.name}", missing, unanswered)
-    for config in kv_configs(settings):
-        await _look_up(js.key_value(config.bucket), f"KV bucket {config.bucket}", missing, unanswered)
-    await _look_up(js.object_store(names.recordings), f"object store {names.recordings}", missing, unanswered)
-    if missing or unanswered:
-        raise NotProvisioned(missing, unanswered)
+    lookups: dict[str, Awaitable[Any]] = {f"stream {c.name}": js.stream_info(c.name) for c in stream_configs(settings)}
+    lookups |= {f"KV bucket {c.bucket}": js.key_value(c.bucket) for c in kv_configs(settings)}
+    lookups[f"object store {names.recordings}"] = js.object_store(names.recordings)
+    await _look_up(lookups)
 
 
 async def verify_consumers(js: JetStreamContext, consumers: "list[Consumer]") -> None:
-    missing: list[str] = []
-    unanswered: list[str] = []
-    for consumer in consumers:
-        await _look_up(
-            js.consumer_info(consumer.stream, consumer.config.durable_name), f"consumer {consumer.name}", missing, unanswered,
-        )
-    if missing or unanswered:
-        raise NotProvisioned(missing, unanswered)
+    await _look_up({f"consumer {c.name}": js.consumer_info(c.stream, c.config.durable_name) for c in consumers})
 
 
 async def ensure_consumers(js: JetStreamContext, settings: Settings, consumers: "list[Consumer]") -> None:
