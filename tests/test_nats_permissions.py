@@ -29,6 +29,7 @@ answered, so it ends in a timeout.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -417,3 +418,162 @@ def test_cluster_config_is_valid(tmp_path: Path) -> None:
         run = subprocess.run([find_binary(), "-t", "-c", str(tmp_path / name)], capture_output=True, text=True,
                              env={**os.environ, "NATS_SERVER_NAME": "nats-1"})
         assert run.returncode == 0, run.stdout + run.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The real workers, each under its own user, verifying (not creating) what provisioning made.
+
+WORKERS = ("poller", "commander", "recordings")
+
+
+def _write_accounts(path: Path, accounts: list) -> dict[str, str]:
+    """A TOML accounts file whose secrets are ``{env = ...}`` references; returns that environment."""
+    env, lines = {}, []
+    for a in accounts:
+        refs = []
+        for name, value in a.credentials.items():
+            var = f"TEST_{a.vendor}_{a.id}_{name}".upper()
+            env[var] = value.get_secret_value()
+            refs.append(f'{name} = {{ env = "{var}" }}')
+        options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in a.options.model_dump(exclude_unset=True).items())
+        lines += [
+            "[[accounts]]", f'vendor = "{a.vendor}"', f'id = "{a.id}"', f'base_url = "{a.base_url}"',
+            f'username = "{a.username}"', f"credentials = {{ {', '.join(refs)} }}", f"options = {{ {options} }}", "",
+        ]
+    path.write_text("\n".join(lines))
+    return env
+
+
+@dataclass
+class Workers:
+    """``pbxbridge run <worker>`` processes; a wait fails at once, with the logs, if one exits."""
+
+    logs: Path
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    async def start(self, worker: str, config: Path, env: dict[str, str]) -> None:
+        with open(self.logs / f"{worker}.log", "wb") as log:
+            self.procs[worker] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pbxbridge.cli", "run", worker, "--config", str(config),
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def log(self, worker: str) -> str:
+        return (self.logs / f"{worker}.log").read_text()
+
+    async def until(self, awaitable, what: str, timeout: float = 60):
+        task = asyncio.ensure_future(awaitable)
+        exits = {asyncio.ensure_future(p.wait()): name for name, p in self.procs.items()}
+        try:
+            done, _ = await asyncio.wait([task, *exits], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for waiter, name in exits.items():
+                assert waiter not in done, f"{name} exited ({waiter.result()}) before {what}:\n{self.log(name)}"
+            assert task in done, f"no {what} within {timeout}s:\n" + "\n".join(f"--- {n}\n{self.log(n)}" for n in self.procs)
+            return task.result()
+        finally:
+            for pending in (task, *exits):
+                pending.cancel()
+
+    async def stop(self) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.terminate()
+        return {name: await asyncio.wait_for(proc.wait(), 30) for name, proc in self.procs.items()}
+
+
+async def _next_on(queue: asyncio.Queue, subject: str):
+    while True:
+        msg = await queue.get()
+        if msg.subject == subject:
+            return msg
+
+
+def _violations_of(log: str, users: tuple[str, ...]) -> list[str]:
+    """The server's permission-violation lines for ``users`` (it logs each refused publish/subscribe)."""
+    return [line for line in log.splitlines() if "Violation" in line and any(f'User "{u}"' in line for u in users)]
+
+
+async def test_real_workers_under_their_own_users(provisioned: Settings, server: Server, connect, tmp_path: Path) -> None:
+    from pbxbridge.sdk import send_command
+    from pbxbridge.vendors import load
+
+    app, admin = await connect("app"), await connect("admin")
+    events: asyncio.Queue = asyncio.Queue()
+    await app.nc.subscribe(S.all_events, cb=events.put)
+    await app.nc.flush()
+    log_start = server.log.stat().st_size
+    async with load("yemot").Simulator(activity=False) as yemot, load("fonema").Simulator(activity=False) as fonema:
+        # The poller watches Yemot's SMS (the simulator starts with a few); the commander and the
+        # recordings worker serve a Fonema account that also archives by itself (so the recordings
+        # worker also verifies and pulls from its trigger consumers on the events stream).
+        poller_env = _write_accounts(tmp_path / "poller.toml", [yemot.account("live", feeds=["sms"], poll_interval=0.2, phone_region="IL")])
+        fonema_env = _write_accounts(tmp_path / "fonema.toml", [fonema.account("madrid", archive_recordings=True)])
+        workers = Workers(tmp_path)
+        common = {"PBX_PROVISION": "verify", "PBX_DATA_DIR": str(tmp_path / "data"), "PBX_COMMAND_BACKOFF": "0.1"}
+        try:
+            await workers.start("poller", tmp_path / "poller.toml", {**server.env("poller", **common), **poller_env})
+            await workers.start("commander", tmp_path / "fonema.toml", {**server.env("commander", **common), **fonema_env})
+            await workers.start("recordings", tmp_path / "fonema.toml", {**server.env("recordings", **common), **fonema_env})
+
+            # the poller publishes an event
+            sms = await workers.until(_next_on(events, S.event("yemot", "live", "sms.received")), "an SMS event from the poller")
+            assert sms.headers["ce-source"].startswith("pbxbridge/yemot/live")
+
+            # the commander answers a command sent by the app user
+            result = await workers.until(
+                send_command(app.nc, S, "fonema", "madrid", "op.getUsers", {}, command_id=str(uuid.uuid4()), timeout=60),
+                "the commander's result",
+            )
+            assert result.status == "succeeded", result
+
+            # the recordings worker archives a recording (the commander hands it the job)
+            call_id = fonema.add_finished_call(recorded=True, seconds=1.0)
+            fetched = await workers.until(
+                send_command(app.nc, S, "fonema", "madrid", "recording.fetch", {"call_id": call_id},
+                             command_id=str(uuid.uuid4()), timeout=60),
+                "the recording's result",
+            )
+            assert fetched.status == "succeeded", fetched
+            archived = await workers.until(
+                _next_on(events, S.event("fonema", "madrid", "recording.archived")), "the recording.archived event",
+            )
+            assert json.loads(archived.data)["sha256"] == fetched.result["sha256"]
+            stored = await (await admin.js.object_store(N.recordings)).get_info(fetched.result["name"])
+            assert stored.size == fetched.result["bytes"]
+        finally:
+            codes = await workers.stop()
+    assert codes == dict.fromkeys(WORKERS, 0), {w: workers.log(w) for w in WORKERS}  # a clean stop on SIGTERM
+    # Nothing any of them did was refused: the permissions cover what the workers really do.
+    with open(server.log) as f:
+        f.seek(log_start)
+        assert _violations_of(f.read(), WORKERS) == []
+    for worker in WORKERS:
+        assert server.passwords[worker] not in workers.log(worker)
+
+
+async def test_missing_consumer_stops_the_worker_until_provisioned_again(provisioned: Settings, server: Server, connect, tmp_path: Path) -> None:
+    """PBX_PROVISION=verify: one line naming what is missing; ``pbxbridge provision`` repairs it,
+    and brings a changed setting to the stream (updated), leaving the rest unchanged."""
+    from pbxbridge.vendors import load
+
+    admin = await connect("admin")
+    trigger = next(c for c in all_consumers(provisioned) if c.config.durable_name.endswith("voicemail-received"))
+    await admin.js.delete_consumer(trigger.stream, trigger.config.durable_name)
+    async with load("fonema").Simulator(activity=False) as fonema:
+        secrets = _write_accounts(tmp_path / "fonema.toml", [fonema.account("madrid", archive_recordings=True)])
+        env = {**server.env("recordings", PBX_PROVISION="verify", PBX_DATA_DIR=str(tmp_path)), **secrets}
+        run = await pbxbridge("run", "recordings", "--config", str(tmp_path / "fonema.toml"), env=env)
+    assert run.returncode == 2, run.stdout + run.stderr
+    [line] = [l for l in run.stderr.splitlines() if "missing" in l]
+    assert f"missing on the bus: consumer {trigger.name}" in line and "run `pbxbridge provision`" in line
+
+    repaired = await pbxbridge("provision", env=server.env("admin", PBX_EVENTS_MAX_AGE="86400"))
+    assert repaired.returncode == 0, repaired.stderr
+    expected = {name: "unchanged" for name in _everything(provisioned)}
+    expected[f"consumer {trigger.name}"] = "created"
+    expected[f"stream {N.events}"] = expected[f"stream {N.dead_letters}"] = "updated"  # both keep events_max_age
+    assert repaired.stdout.splitlines() == [f"{name}: {outcome}" for name, outcome in expected.items()]
+    assert (await admin.js.stream_info(N.events)).config.max_age == 86400
+    assert (await admin.js.consumer_info(trigger.stream, trigger.config.durable_name)).config.filter_subject == (
+        trigger.config.filter_subject
+    )
