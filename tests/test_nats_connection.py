@@ -227,7 +227,7 @@ async def _round_trip(settings: Settings) -> None:
         sub = await nc.subscribe("hello")
         await nc.flush()
         broker = NatsBroker(**connection.broker_kwargs(), logger=None)
-        async with broker:
+        async with asyncio.timeout(10), broker:  # a refused broker would retry for ever
             await broker.start()
             await broker.publish(b"from faststream", "hello")
         assert (await sub.next_msg(timeout=5)).data == b"from faststream"
