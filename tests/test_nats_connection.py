@@ -368,3 +368,16 @@ async def test_verify_mode_names_what_is_missing(tmp_path: Path) -> None:
 async def _stream_names(nc):
     for name in await nc.jetstream().streams_info():
         yield name.config.name
+
+
+async def test_provision_says_in_one_line_what_stops_it(tmp_path: Path) -> None:
+    """No cluster to provision, or an unreadable password file: exit 2, one line, no traceback."""
+    from nats_processes import pbx_env, pbxbridge
+
+    no_url = await pbxbridge("provision", env=pbx_env())
+    assert no_url.returncode == 2 and no_url.stderr.strip().startswith("PBX_NATS_URL is not set"), no_url.stderr
+    missing = tmp_path / "admin_password"
+    env = pbx_env(PBX_NATS_URL="nats://127.0.0.1:1", PBX_NATS_USER="admin", PBX_NATS_PASSWORD_FILE=str(missing))
+    unreadable = await pbxbridge("provision", env=env)
+    assert unreadable.returncode == 2
+    assert unreadable.stderr.strip() == f"PBX_NATS_PASSWORD_FILE: cannot read {missing}: No such file or directory"
