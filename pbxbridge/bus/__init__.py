@@ -97,7 +97,9 @@ async def connect_nats(
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
         with contextlib.suppress(Exception):
             await nc.close()
-        last = failures[-1] if failures else exc
+        # The server's own word (an authorization violation) over the broken pipe it may cause.
+        told = [f for f in failures if not isinstance(f, OSError)]
+        last = told[-1] if told else failures[-1] if failures else exc
         reason = str(last) or type(last).__name__
         raise BusUnreachable(
             f"no NATS server accepted a connection at {masked_url(url)} within {timeout:g}s ({masked_url(reason)})"
