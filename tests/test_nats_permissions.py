@@ -201,6 +201,26 @@ async def provisioned(server: Server) -> Settings:
     return settings
 
 
+async def _cannot_touch_recordings_triggers(conn: Conn, settings: Settings) -> None:
+    """Users who may make consumers of their own on the events stream may not replace, delete or
+    drain the recordings worker's (they would skip recordings to archive)."""
+    for trigger in all_consumers(settings):
+        if trigger.stream != N.events:
+            continue
+        durable = trigger.config.durable_name
+        for attempt in (
+            conn.js.add_consumer(trigger.stream, trigger.config),
+            conn.js.delete_consumer(trigger.stream, durable),
+            conn.nc.request(f"$JS.API.CONSUMER.MSG.NEXT.{trigger.stream}.{durable}", b'{"batch": 1, "no_wait": true}', timeout=1),
+        ):
+            with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+                await attempt
+        assert await conn.violations(f"$JS.API.CONSUMER.DELETE.{trigger.stream}.{durable}")
+        assert await conn.refused_publish(f"$JS.ACK.{trigger.stream}.{durable}.1.1.1.1.0")
+    # still there, as provisioned
+    assert (await conn.js.stream_info(N.events)).state.consumer_count >= 2
+
+
 def _soon() -> datetime:
     return datetime.now(timezone.utc) + timedelta(seconds=30)
 
@@ -261,6 +281,7 @@ async def test_poller(provisioned: Settings, connect) -> None:
         assert await poller.refused_publish(forbidden), forbidden
     assert await poller.refused_subscribe(S.all_commands)
     assert await poller.refused_subscribe(S.all_events)  # it reads events only through its own consumer
+    await _cannot_touch_recordings_triggers(poller, provisioned)
     with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
         await js.add_stream(StreamConfig(name="ROGUE", subjects=["rogue.>"]))
 
@@ -405,6 +426,7 @@ async def test_app(provisioned: Settings, connect) -> None:
         await js.pull_subscribe(S.all_commands, durable="commander", stream=N.commands)
     with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
         await (await js.key_value(N.ledger)).put("k", b"v")
+    await _cannot_touch_recordings_triggers(app, provisioned)
 
 
 def test_cluster_config_is_valid(tmp_path: Path) -> None:
