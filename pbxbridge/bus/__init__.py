@@ -20,6 +20,8 @@ from pbxbridge.bus.infra import Names, NotProvisioned, ensure_all, verify_all
 from pbxbridge.bus.subjects import Subjects
 from pbxbridge.config import Settings, masked_url, split_servers
 
+__all__ = ["Bus", "BusUnreachable", "NotProvisioned", "connect_nats", "open_bus"]
+
 log = logging.getLogger("pbxbridge.bus")
 
 
@@ -50,9 +52,6 @@ class Bus:
         """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``)."""
         headers, body = event.to_nats()
         return await self.js.publish(subject, body, headers=headers, timeout=timeout)
-
-
-__all__ = ["Bus", "BusUnreachable", "NotProvisioned", "connect_nats", "open_bus"]
 
 
 class BusUnreachable(ConnectionError):
