@@ -24,7 +24,7 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 
 from pbxbridge import telemetry
-from pbxbridge.bus import Bus, open_bus
+from pbxbridge.bus import Bus, NotProvisioned, open_bus
 from pbxbridge.config import Config, ConfigError, load_config
 
 Serve = Callable[[Config, Bus, asyncio.Event], Awaitable[None]]
@@ -53,7 +53,7 @@ def faststream_app(name: str, serve: Serve) -> FastStream:
         telemetry.setup(name)
         bus = await exits.enter_async_context(open_bus(config.settings, name=f"pbxbridge-{name}"))
         # FastStream wants a broker of its own; the services open theirs inside ``serve``.
-        app.add_broker(NatsBroker(bus.url))
+        app.add_broker(NatsBroker(**bus.broker_kwargs()))  # the bus's servers, credentials and TLS
         running["config"], running["bus"] = config, bus  # type: ignore[assignment]
 
     @app.after_startup
@@ -90,4 +90,8 @@ def main(name: str, serve: Serve) -> None:
         async with open_bus(config.settings, name=f"pbxbridge-{name}") as bus:
             await serve(config, bus, stop)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (NotProvisioned, ConfigError) as exc:  # PBX_PROVISION=verify found a gap; a credential file is unusable
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
