@@ -24,7 +24,8 @@ from pbxbridge.vendors.ucontact.feeds import CDR
 from pbxbridge.vendors.yemot import Simulator
 from pbxbridge.vendors.yemot.feeds import SMS, sms_key
 from pbxbridge.vendors.yemot.operations import ISRAEL, SmsRow
-from services.poller.backfill import Progress, ProgressStore, open_backfill
+from pbxbridge.vendors.simulator import Faults
+from services.poller.backfill import TRANSIENT_TRIES, Progress, ProgressStore, open_backfill
 from services.poller.runner import Tuning
 
 HOUR = 3600.0
@@ -132,12 +133,27 @@ async def test_kill_between_ack_and_progress_write_then_rerun_publishes_each_rec
     assert 0 < published_before < len(wanted)
     await past_the_duplicate_window(bbus)
     progress = await backfill(bbus, account, since, until, checkpoint_every=4, window=4)
-    assert progress.on_bus > 0  # events the dead run stored after its last progress write
     counts = await keys_per_count(bbus)
     assert counts == Counter(wanted), f"published twice: {[k for k, n in counts.items() if n > 1]}"
+    assert progress.on_bus > 0  # events the dead run stored after its last progress write
     # Run once more, complete: nothing is fetched again and nothing published.
     requests = len(sim.requests)
     assert (await backfill(bbus, account, since, until)).published == 0 and len(sim.requests) == requests
+
+
+async def test_vendor_rate_limit_is_waited_out_not_fatal(bbus: Bus, sim: Simulator) -> None:
+    """A vendor answering 429 for longer than an outage is tolerated is waited out (Retry-After), then the range completes."""
+    since, until = hours_ago(6), hours_ago(1)
+    wanted = add_sms_between(sim, since, until, 20, "sms")
+    sim.faults = Faults(rate_limit_rate=1.0, retry_after=0.05)
+    job = asyncio.create_task(backfill(bbus, sim.account("acme", phone_region="IL"), since, until))
+    limited = TRANSIENT_TRIES + 2
+    await wait_for(lambda: sum(outcome == "fault:429" for _, outcome in sim.requests) >= limited or job.done(),
+                   what=f"{limited} answers 429")
+    assert not job.done(), job.exception()
+    sim.faults = Faults()
+    assert (await asyncio.wait_for(job, 30)).done
+    assert await keys_per_count(bbus) == Counter(wanted)
 
 
 async def test_live_cursor_untouched_and_overlapping_live_events_not_duplicated(
@@ -236,7 +252,8 @@ async def test_command_killed_midway_and_run_again_publishes_each_record_once(
     try:
         await wait_for(progressed, timeout=60, what="a few slices backfilled")
     finally:
-        first.kill()
+        if first.returncode is None:
+            first.kill()
         await first.wait()
     published_before = sum((await keys_per_count(bbus)).values())
     assert 0 < published_before < len(wanted)
