@@ -16,7 +16,10 @@ publish the seeded SMS):
   core busy), median over 5-second slices of the steady window, and its RSS (``VmRSS``);
 - achieved polls per second, counted by the simulators (SMS-log requests answered), median of
   the same slices, beside the demanded rate (feeds / interval);
-- with several replicas, each replica's share of the leases.
+- with several replicas, each replica's share of the leases;
+- CPU milliseconds per poll (all replicas' CPU over polls answered), and the cores the whole
+  demand would take at that cost: on a shared host a starved poller falls behind its demand,
+  and this figure stays honest where "cores used" alone would flatter it.
 
 Scenarios: one replica at ``--interval``; three replicas at ``--interval``; then
 ``--saturate-feeds`` feeds at ``--saturate-interval``, a demand one replica cannot meet (it is
@@ -139,6 +142,14 @@ class Result:
                   f"({100 * share / self.feeds:.0f}%)")
         if self.replicas > 1:
             print(f"   CPU all replicas         {sum(self.cpu):.2f} cores")
+        # Robust to a starved process (a shared host): what one poll costs, and the cores the
+        # demand would take at that cost.
+        print(f"   CPU per poll             {self.ms_per_poll:.2f} ms (lease renewals included); "
+              f"at full demand {self.ms_per_poll * demanded / 1000:.2f} cores")
+
+    @property
+    def ms_per_poll(self) -> float:
+        return 1000 * sum(self.cpu) / self.polls_per_second if self.polls_per_second else float("nan")
 
 
 async def lease_holders(js, bucket: str) -> dict[str, int]:
@@ -252,7 +263,9 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"\nthroughput three replicas / one, each CPU-bound: {sat3.polls_per_second / sat1.polls_per_second:.2f}x "
                       f"(goal >= 2.7x; this host has {os.cpu_count()} cores for the replicas, the simulators and nats-server)")
             print(f"one process at {args.feeds} feeds every {args.interval:g}s: {one.cpu[0]:.2f} cores (goal < 0.5), "
-                  f"RSS {one.rss[0]:.0f} MiB, {one.polls_per_second:.0f} polls/s, leases all taken in {one.lease_seconds:.1f} s")
+                  f"{one.polls_per_second:.0f} of {args.feeds / args.interval:.0f} polls/s, "
+                  f"{one.ms_per_poll * args.feeds / args.interval / 1000:.2f} cores at full demand, "
+                  f"RSS {one.rss[0]:.0f} MiB, leases all taken in {one.lease_seconds:.1f} s")
         finally:
             await nc.close()
             for s in sims:

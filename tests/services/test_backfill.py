@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import uuid
 from collections import Counter
@@ -227,11 +228,12 @@ async def start_command(settings: Settings, config: Path, secrets: dict[str, str
     )
 
 
-async def test_command_killed_midway_and_run_again_publishes_each_record_once(
-    bsettings: Settings, bbus: Bus, sim: Simulator, tmp_path: Path,
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+async def test_command_stopped_midway_and_run_again_publishes_each_record_once(
+    bsettings: Settings, bbus: Bus, sim: Simulator, tmp_path: Path, stop_signal: signal.Signals,
 ) -> None:
-    """`pbxbridge backfill` killed (SIGKILL) mid-range and run again, past the duplicate window:
-    each SMS once, the live cursor never written, and the output counts what it did."""
+    """`pbxbridge backfill` killed or interrupted mid-range and run again, past the duplicate
+    window: each SMS once, the live cursor never written, and the output counts what it did."""
     since, until = hours_ago(12), hours_ago(2)
     wanted = add_sms_between(sim, since, until, 100, "sms")
     account = sim.account("acme")
@@ -253,8 +255,11 @@ async def test_command_killed_midway_and_run_again_publishes_each_record_once(
         await wait_for(progressed, timeout=60, what="a few slices backfilled")
     finally:
         if first.returncode is None:
-            first.kill()
-        await first.wait()
+            first.send_signal(stop_signal)
+        out, _ = await asyncio.wait_for(first.communicate(), 30)
+    if stop_signal == signal.SIGINT:
+        assert first.returncode == 130
+        assert out.decode().strip().splitlines()[-1].startswith("backfill yemot/acme/sms: interrupted (run the same command again")
     published_before = sum((await keys_per_count(bbus)).values())
     assert 0 < published_before < len(wanted)
     await past_the_duplicate_window(bbus)
