@@ -168,10 +168,11 @@ async def lease_holders(js, bucket: str) -> dict[str, int]:
 
 
 async def lease_count(js, bucket: str) -> int:
+    """Leases held now: the bucket's stream keeps one message per live key (history 1; nothing
+    is deleted while leases are being taken). No consumer: a watcher per look would pile up."""
     try:
-        kv = await js.key_value(bucket)
-        return len(await kv.keys())
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError, nats.js.errors.NotFoundError):
+        return (await js.stream_info(f"KV_{bucket}")).state.messages
+    except nats.js.errors.NotFoundError:
         return 0
 
 
