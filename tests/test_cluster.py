@@ -202,6 +202,21 @@ async def move_leaders_to(nc, js, cluster: NatsCluster, node: ClusterNode, via: 
     return leaders
 
 
+@contextlib.asynccontextmanager
+async def running_workers(bus: Bus, workers: dict[Callable, Config]) -> AsyncIterator[None]:
+    """Each ``serve(config, bus, stop)`` in a task; on exit stopped, cancelled if it does not stop in time."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(serve(config, bus, stop)) for serve, config in workers.items()]
+    try:
+        yield
+    finally:
+        stop.set()
+        _, late = await asyncio.wait(tasks, timeout=20)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @dataclass
 class Load:
     """What the test's application side sent: SMS into the simulator, commands onto the bus."""
@@ -282,116 +297,112 @@ async def test_workers_ride_out_nodes_killed_under_load(cluster: NatsCluster, tm
     js = app.jetstream()
     fonema = load("fonema")
     kills: list[Kill] = []
-    async with CountingYemot(activity=False) as yemot, fonema.Simulator(activity=False) as recs:
+    async with app, CountingYemot(activity=False) as yemot, fonema.Simulator(activity=False) as recs:
         sms_account = yemot.account("acme", poll_interval=0.2, phone_region="IL", feeds=["sms"])
         recording_account = recs.account("madrid")
-        stop_workers, stop_load = asyncio.Event(), asyncio.Event()
+        stop_load = asyncio.Event()
         async with open_bus(settings, name="cluster-workers") as bus:
             names, subjects = bus.names, bus.subjects
             for stream in [names.events, names.commands, names.results, f"KV_{names.ledger}", f"OBJ_{names.recordings}"]:
                 assert (await js.stream_info(stream)).config.num_replicas == 3, stream
-            workers = [
-                asyncio.create_task(serve_poller(Config(settings=settings, accounts=[sms_account]), bus, stop_workers)),
-                asyncio.create_task(serve_commander(
-                    Config(settings=settings, accounts=[yemot.account("acme", timeout=5), recording_account]), bus, stop_workers,
-                )),
-                asyncio.create_task(serve_recordings(Config(settings=settings, accounts=[recording_account]), bus, stop_workers)),
-            ]
-            load_stats = Load()
-            sending: list[asyncio.Task] = []
-            tzintuk = subjects.command("yemot", "acme", "op.RunTzintuk")
+            async with running_workers(bus, {
+                serve_poller: Config(settings=settings, accounts=[sms_account]),
+                serve_commander: Config(settings=settings, accounts=[yemot.account("acme", timeout=5), recording_account]),
+                serve_recordings: Config(settings=settings, accounts=[recording_account]),
+            }):
+                load_stats = Load()
+                sending: list[asyncio.Task] = []
+                tzintuk = subjects.command("yemot", "acme", "op.RunTzintuk")
 
-            def add_sms(i: int) -> None:
-                yemot.add_sms(message=f"load {i}")
+                def add_sms(i: int) -> None:
+                    yemot.add_sms(message=f"load {i}")
 
-            def send_command(i: int) -> None:
-                command_id, number = f"cmd-{i:05d}", f"05{i:08d}"  # each command rings its own number
-                load_stats.command_ids[number] = command_id
-                headers, body = command_event("yemot", "op.RunTzintuk", {"phones": number}, command_id=command_id).to_nats()
-                # Not awaited in the schedule: a publish waiting out an election must not slow the load.
-                task = asyncio.create_task(publish_until_acked(js, tzintuk, headers, body, load_stats))
-                task.add_done_callback(lambda _: load_stats.commands_acked.add(command_id))
-                sending.append(task)
+                def send_command(i: int) -> None:
+                    command_id, number = f"cmd-{i:05d}", f"05{i:08d}"  # each command rings its own number
+                    load_stats.command_ids[number] = command_id
+                    headers, body = command_event("yemot", "op.RunTzintuk", {"phones": number}, command_id=command_id).to_nats()
+                    # Not awaited in the schedule: a publish waiting out an election must not slow the load.
+                    task = asyncio.create_task(publish_until_acked(js, tzintuk, headers, body, load_stats))
+                    task.add_done_callback(lambda _: load_stats.commands_acked.add(command_id))
+                    sending.append(task)
 
-            recording_ids: list[str] = []
+                recording_ids: list[str] = []
 
-            async def fetch_recording() -> None:
-                call_id = recs.add_finished_call(recorded=True, seconds=1.0)
-                command_id = f"rec-{call_id}"
-                recording_ids.append(command_id)
-                headers, body = command_event("fonema", "recording.fetch", {"call_id": call_id}, command_id=command_id).to_nats()
-                await publish_until_acked(js, subjects.command("fonema", "madrid", "recording.fetch"), headers, body, load_stats)
+                async def fetch_recording() -> None:
+                    call_id = recs.add_finished_call(recorded=True, seconds=1.0)
+                    command_id = f"rec-{call_id}"
+                    recording_ids.append(command_id)
+                    headers, body = command_event("fonema", "recording.fetch", {"call_id": call_id}, command_id=command_id).to_nats()
+                    await publish_until_acked(js, subjects.command("fonema", "madrid", "recording.fetch"), headers, body, load_stats)
 
-            sms_subject = subjects.event("yemot", "acme", "sms.received")
-            results_subject = subjects.result("yemot", "acme", "op.RunTzintuk")
-            loads = [
-                asyncio.create_task(every(SMS_PER_SECOND, stop_load, add_sms)),
-                asyncio.create_task(every(COMMANDS_PER_SECOND, stop_load, send_command)),
-            ]
+                sms_subject = subjects.event("yemot", "acme", "sms.received")
+                results_subject = subjects.result("yemot", "acme", "op.RunTzintuk")
+                loads = [
+                    asyncio.create_task(every(SMS_PER_SECOND, stop_load, add_sms)),
+                    asyncio.create_task(every(COMMANDS_PER_SECOND, stop_load, send_command)),
+                ]
 
-            async def kill_under_load(kill: Kill, groups: list[tuple[str, str | None]]) -> None:
-                """SIGKILL ``kill.node``; with it down, the SMS from before are readable and every
-                group elects; after OUTAGE seconds, restart it and wait until it has caught up."""
-                sms_before = len(yemot.sms)
-                cluster.kill(kill.node)
-                kill.at = time.time()
+                async def kill_under_load(kill: Kill, groups: list[tuple[str, str | None]]) -> None:
+                    """SIGKILL ``kill.node``; with it down, the SMS from before are readable and every
+                    group elects; after OUTAGE seconds, restart it and wait until it has caught up."""
+                    sms_before = len(yemot.sms)
+                    cluster.kill(kill.node)
+                    kill.at = time.time()
 
-                async def elected() -> None:
-                    kill.elections = await wait_for_leaders(app, groups, kill.node, kill.at)
-                    kill.elected_in = max(kill.elections.values())
+                    async def elected() -> None:
+                        kill.elections = await wait_for_leaders(app, groups, kill.node, kill.at)
+                        kill.elected_in = max(kill.elections.values(), default=0.0)
 
-                await asyncio.gather(
-                    elected(),
-                    wait_for(
-                        lambda: _count_at_least(js, names.events, sms_subject, sms_before), 30,
-                        f"the {sms_before} SMS produced before {kill.node.name} died, read from the nodes left",
-                    ),
-                    fetch_recording(),
-                )
-                await asyncio.sleep(max(0.0, kill.at + OUTAGE - time.time()))  # the outage lasts, load going on
-                restarted = time.time()
-                await cluster.restart(kill.node)
-                kill.back_in = time.time() - restarted
+                    await asyncio.gather(
+                        elected(),
+                        wait_for(
+                            lambda: _count_at_least(js, names.events, sms_subject, sms_before), 30,
+                            f"the {sms_before} SMS produced before {kill.node.name} died, read from the nodes left",
+                        ),
+                        fetch_recording(),
+                    )
+                    await asyncio.sleep(max(0.0, kill.at + OUTAGE - time.time()))  # the outage lasts, load going on
+                    restarted = time.time()
+                    await cluster.restart(kill.node)
+                    kill.back_in = time.time() - restarted
 
-            try:
-                await fetch_recording()
-                await wait_for(lambda: count(js, names.events, sms_subject), 20, "the poller's first events")
-                await wait_for(lambda: count(js, names.results, results_subject), 20, "the commander's first results")
-                # Every leadership on one node that is not the workers' seed: killing the seed then
-                # tests the clients' fail-over alone, killing the other every election at once.
-                led = await move_leaders_to(app, js, cluster, leader_node, via=bystander)
-                groups = [tuple(k.split("/")) if "/" in k else (k, None) for k in led if k != "meta"]
-                await asyncio.sleep(WARM_UP)  # steady load before the first kill, by design
+                try:
+                    await fetch_recording()
+                    await wait_for(lambda: count(js, names.events, sms_subject), 20, "the poller's first events")
+                    await wait_for(lambda: count(js, names.results, results_subject), 20, "the commander's first results")
+                    # Every leadership on one node that is not the workers' seed: killing the seed then
+                    # tests the clients' fail-over alone, killing the other every election at once.
+                    led = await move_leaders_to(app, js, cluster, leader_node, via=bystander)
+                    groups = [tuple(k.split("/")) if "/" in k else (k, None) for k in led if k != "meta"]
+                    await asyncio.sleep(WARM_UP)  # steady load before the first kill, by design
 
-                kills.append(Kill("the workers' seed, leading nothing", seed, []))
-                await kill_under_load(kills[-1], groups)
-                kills.append(Kill("the leader of everything", leader_node, sorted(led)))
-                await kill_under_load(kills[-1], groups)
-                await asyncio.sleep(AFTER_RESTART)  # load on the healed cluster, by design
-            finally:
-                stop_load.set()
-                await asyncio.gather(*loads)
-            load_ended = time.time()
-            await asyncio.wait_for(asyncio.gather(*sending), SETTLE)
+                    kills.append(Kill("the workers' seed, leading nothing", seed, []))
+                    await kill_under_load(kills[-1], groups)
+                    kills.append(Kill("the leader of everything", leader_node, sorted(led)))
+                    await kill_under_load(kills[-1], groups)
+                    await asyncio.sleep(AFTER_RESTART)  # load on the healed cluster, by design
+                finally:
+                    stop_load.set()
+                    await asyncio.gather(*loads)
+                load_ended = time.time()
+                try:
+                    await asyncio.wait_for(asyncio.gather(*sending), SETTLE)
+                    sms_produced = len(yemot.sms)
+                    commands_sent = len(load_stats.commands_acked)
+                    await wait_for(lambda: _count_at_least(js, names.events, sms_subject, sms_produced), SETTLE, "every SMS as an event")
+                    await wait_for(lambda: _count_at_least(js, names.results, results_subject, commands_sent), SETTLE, "a result per command")
+                    await wait_for(
+                        lambda: _count_at_least(js, names.results, subjects.result("fonema", "madrid", "recording.fetch"), len(recording_ids)),
+                        SETTLE, "a result per recording.fetch",
+                    )
+                    await wait_for(lambda: _drained(js, names.commands), SETTLE, "the commands stream to drain")
+                finally:
+                    for task in sending:
+                        task.cancel()
 
-            sms_produced = len(yemot.sms)
-            commands_sent = len(load_stats.commands_acked)
-            try:
-                await wait_for(lambda: _count_at_least(js, names.events, sms_subject, sms_produced), SETTLE, "every SMS as an event")
-                await wait_for(lambda: _count_at_least(js, names.results, results_subject, commands_sent), SETTLE, "a result per command")
-                await wait_for(
-                    lambda: _count_at_least(js, names.results, subjects.result("fonema", "madrid", "recording.fetch"), len(recording_ids)),
-                    SETTLE, "a result per recording.fetch",
-                )
-                await wait_for(lambda: _drained(js, names.commands), SETTLE, "the commands stream to drain")
-            finally:
-                stop_workers.set()
-                await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 20)
-
-            events = await read_stream(js, names.events, sms_subject)
-            results = await read_stream(js, names.results, subjects.all_results)
-            archived = await read_stream(js, names.events, subjects.event("fonema", "madrid", "recording.archived"))
-    await app.close()
+                events = await read_stream(js, names.events, sms_subject)
+                results = await read_stream(js, names.results, subjects.all_results)
+                archived = await read_stream(js, names.events, subjects.event("fonema", "madrid", "recording.archived"))
 
     # ---- the figures ----
     expected_ids = {deterministic_id("yemot", "acme", SMS.name, sms_key(SmsRow.model_validate(r))) for r in yemot.sms}
@@ -429,7 +440,7 @@ async def test_workers_ride_out_nodes_killed_under_load(cluster: NatsCluster, tm
         resumes.append((kill, first_event, event_silence, first_result, result_silence))
         report.append(
             f"kill -9 {kill.node.name} ({kill.label}{': ' + str(len(kill.led)) + ' groups incl. meta' if kill.led else ''}): "
-            f"leaders again after {min(kill.elections.values()):.1f}-{kill.elected_in:.1f} s; first event {first_event:.2f} s after the kill "
+            f"leaders again after {min(kill.elections.values(), default=0.0):.1f}-{kill.elected_in:.1f} s; first event {first_event:.2f} s after the kill "
             f"(longest silence {event_silence:.2f} s), first result {first_result:.2f} s "
             f"(longest silence {result_silence:.2f} s); restarted node current in {kill.back_in:.1f} s"
         )
