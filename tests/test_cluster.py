@@ -55,6 +55,7 @@ COMMANDS_PER_SECOND = 10
 WARM_UP = 3.0  # seconds of load before the kill
 OUTAGE = 6.0  # seconds a killed node stays down, load going on (elections may take longer: waited for)
 AFTER_RESTART = 3.0  # seconds of load once the node is back
+BURST = 3000  # SMS arriving at once just before the seed node dies
 RESUME_WITHIN = 5.0  # the promise: no flow stays silent longer than this around the kill
 SETTLE = 40.0  # seconds allowed for the backlog to drain once the load stops
 
@@ -258,6 +259,7 @@ class Kill:
     label: str
     node: ClusterNode
     led: list[str]  # what it led when it died
+    burst: int = 0  # SMS added at once just before the kill
     at: float = 0.0  # wall clock of the SIGKILL
     elections: dict[str, float] = field(default_factory=dict)  # group -> seconds until it had a leader again
     elected_in: float = 0.0  # until every stream and consumer had a leader again
@@ -345,6 +347,15 @@ async def test_workers_ride_out_nodes_killed_under_load(cluster: NatsCluster, tm
                 async def kill_under_load(kill: Kill, groups: list[tuple[str, str | None]]) -> None:
                     """SIGKILL ``kill.node``; with it down, the SMS from before are readable and every
                     group elects; after OUTAGE seconds, restart it and wait until it has caught up."""
+                    if kill.burst:
+                        # A backlog for the poller to publish, so the node dies with acks in flight.
+                        stored_before = await count(js, names.events, sms_subject)
+                        for i in range(kill.burst):
+                            yemot.add_sms(message=f"burst {kill.node.name} {i}")
+                        await wait_for(
+                            lambda: _count_at_least(js, names.events, sms_subject, stored_before + kill.burst // 10), 20,
+                            "the poller to be publishing the burst",
+                        )
                     sms_before = len(yemot.sms)
                     cluster.kill(kill.node)
                     kill.at = time.time()
@@ -376,7 +387,7 @@ async def test_workers_ride_out_nodes_killed_under_load(cluster: NatsCluster, tm
                     groups = [tuple(k.split("/")) if "/" in k else (k, None) for k in led if k != "meta"]
                     await asyncio.sleep(WARM_UP)  # steady load before the first kill, by design
 
-                    kills.append(Kill("the workers' seed, leading nothing", seed, []))
+                    kills.append(Kill("the workers' seed, leading nothing", seed, [], burst=BURST))
                     await kill_under_load(kills[-1], groups)
                     kills.append(Kill("the leader of everything", leader_node, sorted(led)))
                     await kill_under_load(kills[-1], groups)
@@ -439,7 +450,7 @@ async def test_workers_ride_out_nodes_killed_under_load(cluster: NatsCluster, tm
         first_event, event_silence, first_result, result_silence = kill.figures(event_times, result_times, until)
         resumes.append((kill, first_event, event_silence, first_result, result_silence))
         report.append(
-            f"kill -9 {kill.node.name} ({kill.label}{': ' + str(len(kill.led)) + ' groups incl. meta' if kill.led else ''}): "
+            f"kill -9 {kill.node.name} ({kill.label}{f', {kill.burst} SMS burst being published' if kill.burst else ''}{': ' + str(len(kill.led)) + ' groups incl. meta' if kill.led else ''}): "
             f"leaders again after {min(kill.elections.values(), default=0.0):.1f}-{kill.elected_in:.1f} s; first event {first_event:.2f} s after the kill "
             f"(longest silence {event_silence:.2f} s), first result {first_result:.2f} s "
             f"(longest silence {result_silence:.2f} s); restarted node current in {kill.back_in:.1f} s"
