@@ -458,9 +458,13 @@ async def test_workers_ride_out_nodes_killed_under_load(cluster: NatsCluster, tm
         resumes.append((kill, first_event, event_silence, first_result, result_silence))
         report.append(
             f"kill -9 {kill.node.name} ({kill.label}{f', {kill.burst} SMS burst being published' if kill.burst else ''}{': ' + str(len(kill.led)) + ' groups incl. meta' if kill.led else ''}): "
-            f"leaders again after {min(kill.elections.values(), default=0.0):.1f}-{kill.elected_in:.1f} s; first event {first_event:.2f} s after the kill "
+            + (f"new leaders elected after {min(kill.elections.values(), default=0.0):.1f}-{kill.elected_in:.1f} s; "
+               if kill.led else "no election needed; ")
+            + f"first event {first_event:.2f} s after the kill "
             f"(longest silence {event_silence:.2f} s), first result {first_result:.2f} s "
-            f"(longest silence {result_silence:.2f} s); restarted node current in {kill.back_in:.1f} s"
+            f"(longest silence {result_silence:.2f} s)"
+            + (f", both {max(first_event, first_result) - kill.elected_in:+.2f} s from the last election" if kill.led else "")
+            + f"; restarted node current in {kill.back_in:.1f} s"
         )
     print("\n".join(report))
 
