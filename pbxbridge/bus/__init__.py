@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -49,15 +51,40 @@ class Bus:
         """``NatsBroker(**bus.broker_kwargs(), ...)``: the same servers, credentials and TLS as the bus."""
         return self.connection.broker_kwargs()  # type: ignore[union-attr]
 
-    async def publish(self, subject: str, event: CloudEvent, *, timeout: float = 5.0):
+    async def publish(self, subject: str, event: CloudEvent, *, timeout: float = 5.0, retry_for: float = 20.0):
         """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``).
-        Traced: a PRODUCER span whose context the message carries."""
+        Traced: a PRODUCER span whose context the message carries.
+
+        When a node dies, its streams elect new leaders (4-9 s in nats-server), and meanwhile a
+        publish finds no responders; an ack may also be lost with a connection. Both are tried
+        again for up to ``retry_for`` seconds: the event id is the ``Nats-Msg-Id``, so a copy
+        that was stored after all is dropped as a duplicate."""
         if not tracing.enabled():
-            headers, body = event.to_nats()
-            return await self.js.publish(subject, body, headers=headers, timeout=timeout)
+            return await self._publish(subject, event, timeout, retry_for)
         with tracing.publishing(subject, event.id):
-            headers, body = event.to_nats()
-            return await self.js.publish(subject, body, headers=headers, timeout=timeout)
+            return await self._publish(subject, event, timeout, retry_for)
+
+    async def _publish(self, subject: str, event: CloudEvent, timeout: float, retry_for: float):
+        headers, body = event.to_nats()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + retry_for
+        while True:
+            try:
+                return await self.js.publish(subject, body, headers=headers, timeout=timeout)
+            except _PUBLISH_AGAIN:
+                if loop.time() + PUBLISH_RETRY_PAUSE > give_up:
+                    raise
+                await asyncio.sleep(PUBLISH_RETRY_PAUSE)
+
+
+# Seconds between publishes of one event while its stream has no leader.
+PUBLISH_RETRY_PAUSE = 0.25
+
+# No stream leader answered (an election; also a subject no stream captures, which a retry
+# cannot fix but only delays), or no ack came back (a lost reply, a connection being replaced).
+_PUBLISH_AGAIN = (
+    nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError,
+)
 
 
 class BusUnreachable(ConnectionError):

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from opentelemetry import metrics
 from pydantic import ValidationError
 
@@ -211,7 +212,7 @@ class Poller:
                 duplicates += await publish_in_order(
                     self.bus.js, messages, start=committed, window=self.tuning.window,
                     ack_timeout=self.tuning.ack_timeout, checkpoint_every=self.tuning.checkpoint_every,
-                    on_acked=checkpoint,
+                    on_acked=checkpoint, connection=self.bus.nc,
                 )
             except PublishInterrupted as exc:
                 await checkpoint(exc.acked, exc.seq)
@@ -220,7 +221,10 @@ class Poller:
                             self.label, exc.cause, committed, len(messages))
                 if await wait_or_stop(stop, backoff):
                     return False
-                backoff = min(backoff * 2, 5.0)
+                # No responders: the stream is electing a leader after a node died (4-9 s), and
+                # asking costs the server nothing; a doubled wait would add up to 5 s after it.
+                electing = isinstance(exc.cause, nats.js.errors.NoStreamResponseError)
+                backoff = self.tuning.retry_backoff if electing else min(backoff * 2, 5.0)
         if messages:
             log.info("%s: published %d event(s)%s", self.label, len(messages),
                      f", {duplicates} already on the bus" if duplicates else "")
