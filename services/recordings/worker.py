@@ -17,6 +17,8 @@ from pbxbridge.bus import Bus
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config, Settings
+from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
+from pbxbridge.metrics import ConsumerSampler
 from pbxbridge.vendors import client_for, optional_module
 from services.recordings.activities import Archive, ObjectStoreArchive
 from services.recordings.auto import TRIGGERS, AutoArchive, EventDelivery
@@ -130,20 +132,32 @@ async def open_archives(config: Config, bus: Bus, stack: contextlib.AsyncExitSta
     return archives
 
 
-async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
-    ledger = Ledger(await bus.js.key_value(bus.names.ledger))
-    tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health | None = None) -> None:
+    names, health = bus.names, health or Health()
+    ledger = Ledger(await bus.js.key_value(names.ledger))
+    tokens = KvTokenStore(await bus.js.key_value(names.tokens))
     accounts = [a for a in config.accounts if optional_module(a.vendor, "recordings") is not None]
     auto = AutoArchive(config, bus) if any(a.options.archive_recordings for a in accounts) else None
-    consumers = [(bus.names.jobs, jobs_consumer(bus, config.settings))]
+    consumers = [(names.jobs, jobs_consumer(bus, config.settings))]
     if auto is not None:
-        consumers += [(bus.names.events, trigger_consumer(bus, event)) for event in TRIGGERS]
+        consumers += [(names.events, trigger_consumer(bus, event)) for event in TRIGGERS]
     await ensure_consumers(bus, consumers)
+    sampler = ConsumerSampler(
+        bus.js, [(stream, c.durable_name) for stream, c in consumers], every=config.settings.consumer_sample_interval,
+    )
+    probes = {
+        "recordings.bus": bus_probe(
+            bus, streams=[names.jobs, names.events, names.results, names.dead_letters],
+            buckets=[names.ledger, names.tokens], objects=[names.recordings],
+        ),
+        "recordings.consumers": consumers_probe(sampler),
+    }
     async with contextlib.AsyncExitStack() as stack:
         archives = await open_archives(config, bus, stack)
         clients = {a.key: client_for(a, token_store=tokens) for a in accounts}
         for client in clients.values():
             stack.push_async_callback(client.aclose)
+        probes["recordings.vendors"] = vendors_probe(clients.values())
         broker = build_broker(bus, RecordingHandler(config, bus, ledger, archives, clients), auto, config)
         log.info(
             "recordings %s: %d account(s) with recordings, %d archiving by themselves, archives: %s",
@@ -151,4 +165,10 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         )
         async with broker:
             await broker.start()
-            await stop.wait()
+            for name, probe in probes.items():
+                health.add(name, probe)
+            try:
+                await asyncio.gather(sampler.run(stop), stop.wait())
+            finally:
+                for name in probes:
+                    health.remove(name)
