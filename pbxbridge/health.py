@@ -114,7 +114,7 @@ def bus_probe(bus: Bus, *, streams: Iterable[str] = (), buckets: Iterable[str] =
         if not bus.nc.is_connected:
             state = "reconnecting" if bus.nc.is_reconnecting else "closed" if bus.nc.is_closed else "disconnected"
             return Status("failing", f"NATS {state} ({bus.display_url})")
-        answers = await asyncio.gather(*(bus.js.stream_info(s, timeout=BUS_TIMEOUT) for s in wanted), return_exceptions=True)
+        answers = await asyncio.gather(*(asyncio.wait_for(bus.js.stream_info(s), BUS_TIMEOUT) for s in wanted), return_exceptions=True)
         missing = [f"{s} ({type(a).__name__})" for s, a in zip(wanted, answers) if isinstance(a, BaseException)]
         if missing:
             return Status("failing", "unreachable: " + ", ".join(missing))

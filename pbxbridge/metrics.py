@@ -73,7 +73,7 @@ vendor_request_duration = _meter.create_histogram(
 )
 vendor_request_errors = _meter.create_counter(
     "pbxbridge.vendor.request.errors", unit="{request}",
-    description="vendor exchanges that failed, by kind: timeout, unreachable, rate_limited, http_5xx, http_4xx, too_large",
+    description="vendor exchanges that failed, by kind: timeout, unreachable, too_large, rate_limited, auth_refused, http_5xx, http_4xx",
 )
 
 # ---- feeds: the poller writes, collection reads ------------------------------------------------
