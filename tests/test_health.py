@@ -184,7 +184,10 @@ async def test_faststream_run_keeps_the_application_logs(how: str, settings: Set
     )
     lines: list[str] = []
     try:
-        port = await asyncio.wait_for(_logged_port(proc, lines, how), 60)
+        try:
+            port = await asyncio.wait_for(_logged_port(proc, lines, how), 30)
+        except TimeoutError:
+            raise AssertionError("the worker logged no health port in 30 s: its logs are lost?\n" + "\n".join(lines)) from None
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             await wait_for(lambda: _ready(client), timeout=30, what="the worker ready")
     finally:
