@@ -413,6 +413,20 @@ def docs(
         typer.echo(f"wrote {path}")
 
 
+
+@app.command("asyncapi")
+def asyncapi_document(
+    out: Annotated[Path, typer.Option(help="AsyncAPI document to write")] = Path("docs/asyncapi.json"),
+    schemas_dir: Annotated[Path, typer.Option("--schemas", help="the folder `pbxbridge schemas` writes; "
+                                              "payloads reference it relative to the document")] = Path("schemas"),
+) -> None:
+    """Write the AsyncAPI 3 document of every subject: events, commands, results, dead letters, jobs."""
+    from pbxbridge import asyncapi
+
+    asyncapi.write(out, schemas_dir)
+    typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     try:
         app()

@@ -6,6 +6,9 @@ records newer than a point in time, how to parse one record, what identifies a r
 natural key), when it happened, and how to build the event data from it. The poller does the
 rest: it parses a page record by record, yielding to the event loop, and dead-letters a record
 the model refuses instead of failing the whole page.
+
+Vendor state that exists only as *now* (registrations, presence, queues) is a ``StateFeed``
+instead (below), run by ``services/poller/state.py``. ``FEEDS`` lists both kinds.
 """
 
 from __future__ import annotations
@@ -107,7 +110,10 @@ class EntityChange:
 
     entity: str
     change: str  # appeared | changed | disappeared
-    sequence: int  # this entity's change counter (kept with the snapshot)
+    # This entity's change counter (kept with the snapshot): the feed's next number at each
+    # change, so it grows with every change of the entity and is never reused, even by an
+    # entity that disappears and comes back.
+    sequence: int
     before: dict[str, Any] | None  # the state at the last look; None when it appeared
     after: dict[str, Any] | None  # the state now; None when it disappeared
     original: Any  # the vendor's record now (the last one seen, when it disappeared)
@@ -122,7 +128,11 @@ class StateFeed:
     publishes one event per entity that appeared, changed or disappeared; the first look
     publishes every entity as ``appeared``. ``build`` turns a change into (event type, the
     event's own fields), or None when the change is not news for this feed (a call that
-    merely changed state inside a ``call.started``/``call.ended`` feed, say).
+    merely changed state inside a ``call.started``/``call.ended`` feed, say). The poller fills
+    vendor, account, key (the entity), occurred_at (the look's time), change and sequence, and
+    ``original`` from the change unless the fields give it; a change whose event the model
+    refuses is dead-lettered. ``fetch`` lists each entity once, with a JSON-able state; a reply
+    it cannot read raises (``MalformedReplyError``...) and the snapshot stays as it was.
     """
 
     name: str  # stable: part of event ids, snapshot and lease keys

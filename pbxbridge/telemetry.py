@@ -8,17 +8,21 @@ Metrics go to:
 - OTLP over HTTP when ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``
   is set (the exporter reads the other standard ``OTEL_EXPORTER_OTLP_*`` variables itself);
 - stderr every ``PBX_OTEL_CONSOLE=<seconds>`` (handy on one machine).
+
+Traces are set up by ``pbxbridge.tracing``: exported over OTLP when an OTLP endpoint is
+configured, else not made at all.
 """
 
 from __future__ import annotations
 
 import os
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+
+from pbxbridge import tracing
 
 _installed = False
 
@@ -30,7 +34,8 @@ def setup(service: str) -> None:
     _installed = True
     resource = Resource.create({"service.name": f"pbxbridge-{service}"})
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=metric_readers()))
-    trace.set_tracer_provider(TracerProvider(resource=resource))
+    # Traces: pbxbridge/tracing.py (OTLP when OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT is set, else off).
+    tracing.setup(service)
 
 
 # ---- metrics ------------------------------------------------------------------------------------

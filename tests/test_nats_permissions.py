@@ -212,7 +212,7 @@ async def test_poller(provisioned: Settings, connect) -> None:
     assert ack.stream == N.events
     await js.publish(S.dead_letter("feeds", "yemot", "acme", "sms"), b"{}", headers=_event_headers("dl-1"))
     # reading back its own events after a crash: pbxbridge's own code
-    assert [body for _, body in await stored_after(js, N.events, subject, 0)] == [b'{"n": 1}']
+    assert [m.body for m in await stored_after(js, N.events, subject, 0)] == [b'{"n": 1}']
     assert (await js.stream_info(N.events)).state.messages >= 1
     # its buckets: cursors, leases (compare-and-set), tokens
     cursors, leases = await js.key_value(N.cursors), await js.key_value(N.leases)

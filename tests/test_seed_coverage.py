@@ -13,11 +13,17 @@ import pytest
 from pbxbridge.vendors import get_vendor
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+DOCUMENTS = {  # each vendor's API document, as the team's shared folder names it
+    "fonema": "000_96952e3d9ae25681.txt",
+    "ucontact": "001_d6344948f6c48476.txt",
+    "yemot": "002_37dafceb3ef10de1.txt",
+    "swan": "003_01be333b2bb48b14.txt",
+}
 pytestmark = pytest.mark.skipif(not SEEDS.is_dir(), reason="shared/seeds is not beside the repository")
 
 
 def seed(vendor: str) -> str:
-    return (SEEDS / f"{get_vendor(vendor).document}").read_text()
+    return (SEEDS / DOCUMENTS[vendor]).read_text()
 
 
 def test_every_fonema_method_is_declared() -> None:

@@ -13,6 +13,7 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from pbxbridge import tracing
 from pbxbridge.bus.embedded import EmbeddedNats, port_is_free
 from pbxbridge.bus.envelope import CloudEvent
 from pbxbridge.bus.infra import Names, ensure_all
@@ -36,9 +37,14 @@ class Bus:
         return masked_url(self.url)
 
     async def publish(self, subject: str, event: CloudEvent, *, timeout: float = 5.0):
-        """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``)."""
-        headers, body = event.to_nats()
-        return await self.js.publish(subject, body, headers=headers, timeout=timeout)
+        """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``).
+        Traced: a PRODUCER span whose context the message carries."""
+        if not tracing.enabled():
+            headers, body = event.to_nats()
+            return await self.js.publish(subject, body, headers=headers, timeout=timeout)
+        with tracing.publishing(subject, event.id):
+            headers, body = event.to_nats()
+            return await self.js.publish(subject, body, headers=headers, timeout=timeout)
 
 
 class BusUnreachable(ConnectionError):

@@ -168,13 +168,26 @@ def quoted_body(body: bytes) -> Any:
     except Exception:  # not JSON, or JSON that cannot be written back: quote the bytes
         masked = None
     if masked is not None and len(masked) <= MAX_QUOTED_BODY:
-        return from_json(masked)
+        quoted = from_json(masked)
+        if _depth_within(quoted, MAX_DEPTH):
+            return quoted
+        return {"json_text": masked.decode("utf-8", "replace")}  # a reader's parser has nesting limits too
     cut = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "truncated": True}
     if masked is not None:  # masked JSON, cut as text: no credential leaks through the cut
         return {"json_text": masked[:MAX_QUOTED_BODY].decode("utf-8", "replace"), **cut}
     if len(body) <= MAX_QUOTED_BODY:
         return {"base64": base64.b64encode(body).decode()}
     return {"base64": base64.b64encode(body[:MAX_QUOTED_BODY]).decode(), **cut}
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    level, todo = 0, [value]
+    while todo:
+        if level > limit:
+            return False
+        todo = [v for c in todo if isinstance(c, (dict, list)) for v in (c.values() if isinstance(c, dict) else c)]
+        level += 1
+    return True
 
 
 def quoted_headers(headers: dict[str, str]) -> dict[str, str]:

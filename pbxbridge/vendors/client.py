@@ -24,6 +24,7 @@ from aiolimiter import AsyncLimiter
 from pydantic import ValidationError
 
 from pbxbridge import metrics as shared_metrics
+from pbxbridge import tracing
 from pbxbridge.config import Account
 from pbxbridge.redact import hold_token, register_secrets, release_token
 from pbxbridge.vendors.errors import (
@@ -141,6 +142,7 @@ class VendorClient:
         self._http = httpx.AsyncClient(
             base_url=account.base_url, transport=transport, timeout=opts.timeout, follow_redirects=False
         )
+        tracing.instrument_http(self._http)  # a span per request when tracing is on, secrets scrubbed
         self._limiter = AsyncLimiter(opts.rate_per_second, 1.0)
         self._slots = asyncio.Semaphore(opts.max_concurrency)
         self._login_lock = asyncio.Lock()

@@ -173,10 +173,9 @@ class Operation:
 class Vendor:
     """A vendor: its name and its operations, looked up by name."""
 
-    def __init__(self, name: str, title: str, operations: list[Operation], *, document: str = "") -> None:
+    def __init__(self, name: str, title: str, operations: list[Operation]) -> None:
         self.name = name
         self.title = title
-        self.document = document
         self.operations: dict[str, Operation] = {}
         for op in operations:
             if op.name in self.operations:

@@ -21,7 +21,8 @@ For each delivery, in order:
    - otherwise the vendor is called under the deadline: if it passes while the call waits for
      the account's slot, rate limiter or login, the vendor was not reached and it ends ``expired``;
 6. a transient failure releases the claim as ``retrying`` and asks for a delayed NAK (the
-   vendor's ``Retry-After`` or an exponential backoff), until ``command_max_deliver`` attempts.
+   vendor's ``Retry-After`` or an exponential backoff), until ``command_max_deliver`` attempts
+   or ``command_max_deliveries`` deliveries; then the command ends ``failed`` with a dead letter.
    A timeout means the vendor may have acted: only a retry-safe operation is retried; any other
    ends ``failed`` with ``outcome_unknown`` and ``retryable: false``.
 
@@ -224,7 +225,7 @@ class CommandHandler:
             await self._refuse(claim, command, delivery, step)
             return ACK
         if claim.attempt > self.settings.command_max_deliver:
-            await self._finish(claim, command, "failed", error=(previous.error if previous else None) or {
+            await self._give_up(claim, command, delivery, (previous.error if previous else None) or {
                 "kind": "gave_up", "message": f"no outcome after {self.settings.command_max_deliver} attempts",
             })
             return ACK
@@ -289,6 +290,9 @@ class CommandHandler:
                     **exc.as_dict(), "kind": "expired", "message": f"{exc.message}; the deadline leaves no time to retry",
                 })
                 return ACK
+        if exc.retryable:  # out of attempts or deliveries
+            await self._give_up(claim, command, delivery, exc.as_dict())
+            return ACK
         await self._finish(claim, command, "failed", error=exc.as_dict())
         return ACK
 
@@ -327,6 +331,12 @@ class CommandHandler:
         self._duration.record(time.perf_counter() - _arrived.get(time.perf_counter()), attrs)
         # DEBUG: one line per command is the hot path's largest cost; the metrics count them.
         log.debug("%s/%s %s %s: %s", command.vendor, command.account, command.name, command.id, stored.status)
+
+    async def _give_up(self, claim: Claim, command: Command, delivery: Delivery, error: dict) -> None:
+        """Retries exhausted: the result says failed, and a dead letter keeps the command for a person."""
+        await self._finish(claim, command, "failed", error=error)
+        reason = f"gave up after {claim.attempt} attempt(s) and {delivery.attempt} deliveries: {error.get('message', '')}"
+        await self._dead_letter(delivery, command, reason, error)
 
     async def _refuse(self, claim: Claim | None, command: Command, delivery: Delivery, refusal: Refusal) -> None:
         await self._finish(claim, command, refusal.outcome, error=refusal.as_error())

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
+import nats.protocol.parser
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
-from pbxbridge.config import Config
+from pbxbridge.config import Config, Settings
 from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
 from pbxbridge.metrics import ConsumerSampler
 from pbxbridge.vendors import client_for
@@ -25,6 +28,40 @@ log = logging.getLogger("pbxbridge.commander")
 CONSUMER = "commander"
 
 
+def read_any_subject() -> None:
+    """Let nats-py read every subject the server delivers.
+
+    The NATS protocol separates a message line's fields by spaces and tabs only, and the server
+    accepts a subject with a vertical tab or form feed in it; nats-py matches the line with
+    ``\\s``, which also splits there. Such a message then never parses: with a small body the
+    connection drops and the message comes back to do it again, with a large one the reader waits
+    forever. Anyone can publish on a command subject, so the commander reads lines the way the
+    protocol writes them, and rejects the subject itself with a dead letter."""
+    field, gap = rb"([^ \t\r\n]+)", rb"[ \t]+"
+    nats.protocol.parser.MSG_RE = re.compile(
+        rb"\AMSG" + gap + field + gap + field + gap + rb"(" + field + gap + rb")?(\d+)\r\n")
+    nats.protocol.parser.HMSG_RE = re.compile(
+        rb"\AHMSG" + gap + field + gap + field + gap + rb"(" + field + gap + rb")?(\d+)" + gap + rb"(\d+)\r\n")
+
+
+def commands_consumer(bus: Bus, settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=CONSUMER,
+        filter_subject=bus.subjects.all_commands,
+        ack_policy=JetStreamAckPolicy.EXPLICIT,
+        # One delivery beyond the handler's last (which always concludes), so a worker dying on
+        # that one still ends the command.
+        max_deliver=settings.command_max_deliveries + 1,
+        # Work in progress says so: ``in_progress`` with every claim heartbeat.
+        ack_wait=settings.command_ack_wait,
+    )
+
+
+async def ensure_commands_consumer(bus: Bus, settings: Settings) -> None:
+    """Create or update the shared consumer: subscribing to an existing durable keeps its old settings."""
+    await bus.js.add_consumer(bus.names.commands, commands_consumer(bus, settings))
+
+
 async def raw_body(msg: NatsMessage) -> bytes:
     """FastStream's decoder would parse JSON before our handler runs, and a body it cannot parse
     (deep nesting, a 5,000-digit number, a bad body under ``content-type``) would never reach
@@ -34,10 +71,15 @@ async def raw_body(msg: NatsMessage) -> bytes:
 
 def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
     settings = config.settings
-    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
+    read_any_subject()
+    # Our handlers log (FastStream's access log is noise); its telemetry middleware continues the
+    # sender's trace from the message's ``traceparent`` when tracing is on.
+    broker = NatsBroker(bus.url, logger=None, middlewares=tracing.broker_middlewares())
+
+    consumer = commands_consumer(bus, settings)
 
     @broker.subscriber(
-        bus.subjects.all_commands,
+        consumer.filter_subject,
         stream=JStream(bus.names.commands, declare=False),
         durable=CONSUMER,
         pull_sub=PullSub(batch_size=settings.command_concurrency, timeout=1.0),
@@ -45,13 +87,7 @@ def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroke
         decoder=raw_body,
         # Acks are ours: FastStream's default would terminate a message whose handler raised.
         ack_policy=AckPolicy.MANUAL,
-        config=ConsumerConfig(
-            # Unlimited for JetStream: the handler concludes on delivery ``command_max_deliveries``,
-            # so a message never stops being delivered before it has its result.
-            max_deliver=-1,
-            # Work in progress says so (``in_progress`` with every claim heartbeat).
-            ack_wait=settings.command_ack_wait,
-        ),
+        config=consumer,
     )
     async def on_command(msg: NatsMessage) -> None:
         raw = msg.raw_message
@@ -79,6 +115,7 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health
     ledger = Ledger(await bus.js.key_value(names.ledger))
     tokens = KvTokenStore(await bus.js.key_value(names.tokens))
     clients = {a.key: client_for(a, token_store=tokens) for a in config.accounts}
+    await ensure_commands_consumer(bus, config.settings)
     broker = build_broker(bus, CommandHandler(config, bus, ledger, clients), config)
     sampler = ConsumerSampler(bus.js, [(names.commands, CONSUMER)], every=config.settings.consumer_sample_interval)
     log.info("commander %s: %d account(s)", config.settings.instance, len(clients))

@@ -16,6 +16,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import nats.errors
 import nats.js.errors
@@ -117,11 +118,17 @@ async def publish_in_order(
     return duplicates
 
 
+class Stored(NamedTuple):
+    seq: int  # stream sequence
+    body: bytes
+    msg_id: str | None  # its Nats-Msg-Id
+
+
 async def stored_after(
     js: JetStreamContext, stream: str, subject: str | Sequence[str], seq: int, *, batch: int = 1000,
-) -> list[tuple[int, bytes]]:
-    """(sequence, body) of every message on ``subject`` (or any of several subjects) stored
-    after sequence ``seq``, oldest first."""
+) -> list[Stored]:
+    """Every message on ``subject`` (or any of several subjects) stored after sequence ``seq``,
+    oldest first."""
     subjects = [subject] if isinstance(subject, str) else list(subject)
     last = 0
     for one in subjects:
@@ -138,13 +145,13 @@ async def stored_after(
     )
     sub = await js.pull_subscribe(subjects[0] if len(subjects) == 1 else "", stream=stream, config=config)
     try:
-        out: list[tuple[int, bytes]] = []
-        while not out or out[-1][0] < last:
+        out: list[Stored] = []
+        while not out or out[-1].seq < last:
             try:
                 msgs = await sub.fetch(batch, timeout=2)
             except nats.errors.TimeoutError:
                 break  # fewer than ``last`` suggests: messages were removed meanwhile
-            out.extend((m.metadata.sequence.stream, m.data) for m in msgs)
+            out.extend(Stored(m.metadata.sequence.stream, m.data, (m.headers or {}).get("Nats-Msg-Id")) for m in msgs)
         return out
     finally:
         await sub.unsubscribe()

@@ -23,6 +23,7 @@ import nats.errors
 from opentelemetry import metrics
 from pydantic import ValidationError
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri
 from pbxbridge.bus.outcomes import DeadLetter, dead_letter
@@ -297,7 +298,10 @@ class Poller:
             if await wait_or_stop(stop, deadline + jitter - time.monotonic()):
                 return
             started = time.perf_counter()
-            hold_off = await self.poll_once(stop)
+            # One trace per poll: its vendor requests and every event it publishes carry it.
+            with tracing.span(f"poll {self.feed.name}", **{"pbx.vendor": self.account.vendor,
+                                                          "pbx.account": self.account.id, "pbx.feed": self.feed.name}):
+                hold_off = await self.poll_once(stop)
             self.meters.poll_duration.record(time.perf_counter() - started, duration_attrs)
             deadline += interval
             now = time.monotonic()
@@ -351,11 +355,11 @@ class FeedPoller(Poller):
         if not stored:
             return
         published = []
-        for _, body in stored:
-            data = json.loads(body)
+        for message in stored:
+            data = json.loads(message.body)
             published.append((datetime.fromisoformat(data["occurred_at"]).timestamp(), data["key"]))
         self.advance(published)
-        self.cursor.seq = stored[-1][0]
+        self.cursor.seq = stored[-1].seq
         log.info("%s: %d event(s) stored after the last cursor write taken into the cursor", self.label, len(stored))
         await self.save_cursor()
 

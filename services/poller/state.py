@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri
 from pbxbridge.config import Account
+from pbxbridge.events import StateChangeData
 from pbxbridge.feeds import EntityChange, Observation, StateFeed
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import VendorError, VendorRateLimited
@@ -66,12 +67,10 @@ class StatePoller(Poller):
         messages = await self.build(pending, dead_letter_refused=False)  # they were dead-lettered before
         wanted = {m.headers["Nats-Msg-Id"] for m in messages}
         stored_seq, stored_ids = self.snapshot.seq, set()
-        for seq, body in await stored_after(self.bus.js, self.bus.names.events, self.subjects, self.snapshot.seq):
-            data = json.loads(body)
-            event_id = self.event_id(data.get("key", ""), data.get("sequence", -1))
-            if event_id in wanted:
-                stored_ids.add(event_id)
-                stored_seq = max(stored_seq, seq)
+        for message in await stored_after(self.bus.js, self.bus.names.events, self.subjects, self.snapshot.seq):
+            if message.msg_id in wanted:
+                stored_ids.add(message.msg_id)
+                stored_seq = max(stored_seq, message.seq)
         missing = [m for m in messages if m.headers["Nats-Msg-Id"] not in stored_ids]
         log.info("%s: finishing %d change(s) of an interrupted run: %d already stored, %d to publish",
                  self.label, len(pending.changes), len(stored_ids), len(missing))
@@ -173,10 +172,11 @@ class StatePoller(Poller):
                 event_type, fields = built
                 if event_type not in feed.produces:
                     raise TypeError(f"{event_type.__name__} is not among the feed's declared events")
-                data = event_type.model_validate(
-                    {"vendor": account.vendor, "account": account.id, "key": change.entity, "occurred_at": occurred,
-                     "change": change.change, "sequence": change.sequence, "original": change.original, **fields}
-                ).model_dump(mode="json", by_alias=True)
+                common = {"vendor": account.vendor, "account": account.id, "key": change.entity,
+                          "occurred_at": occurred, "original": change.original}
+                if issubclass(event_type, StateChangeData):  # not call.started/call.ended from calls in progress
+                    common |= {"change": change.change, "sequence": change.sequence}
+                data = event_type.model_validate({**common, **fields}).model_dump(mode="json", by_alias=True)
             except (ValidationError, ValueError, KeyError, TypeError) as exc:
                 reason = f"the {feed.name} change of an entity does not make a valid event: {_summary(exc)}"
                 if dead_letter_refused and await self.dead_letter(self.event_id(change.entity, change.sequence), change.original, reason):

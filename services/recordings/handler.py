@@ -47,6 +47,7 @@ from pathlib import Path
 from opentelemetry import metrics
 from pydantic import ValidationError
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError, utcnow
 from pbxbridge.bus.ledger import Claim, ClaimLost, Done, Held, Ledger
@@ -198,11 +199,12 @@ class RecordingHandler:
             return stored
         if not stored.announced:
             # Announce before noting it: a stop in between announces again under the same event id.
-            event_id = await activities.announce(self.bus, activities.Announcement(
-                vendor=job.vendor, account=job.account, call_id=request.call_id, archived=stored.archived,
-                command_id=job.command_id, source=stored.source,
-            ))
-            await archive.mark_announced(name, event_id)
+            with tracing.span("recording.announce", **{"pbx.archive.name": name}):
+                event_id = await activities.announce(self.bus, activities.Announcement(
+                    vendor=job.vendor, account=job.account, call_id=request.call_id, archived=stored.archived,
+                    command_id=job.command_id, source=stored.source,
+                ))
+                await archive.mark_announced(name, event_id)
         facts = asdict(stored.archived)
         result = {**facts, "already_archived": True} if stored.announced else facts
         await self._end(job, delivery, "succeeded", result=result)
@@ -214,7 +216,8 @@ class RecordingHandler:
         request: RecordingFetch, name: str, claim: Claim, work: Path,
     ) -> activities.Stored | Disposition:
         try:
-            audio = await activities.fetch_audio(activities.Fetch(client, request, into=work / "served"))
+            with tracing.span("recording.fetch", **{"pbx.vendor": job.vendor, "pbx.account": job.account}):
+                audio = await activities.fetch_audio(activities.Fetch(client, request, into=work / "served"))
         except RecordingNotReady as exc:
             return await self._wait_for_recording(job, delivery, request, exc.retry_after, "the vendor has not finished the recording")
         except VendorError as exc:
@@ -230,14 +233,16 @@ class RecordingHandler:
         try:
             target = request.format or self.settings.recording_format
             started = time.perf_counter()
-            converted = await activities.convert_audio(activities.Conversion(audio, target, into=work / f"archive.{archive_extension(target)}"))
+            with tracing.span("recording.convert", **{"pbx.source_format": audio.format, "pbx.target_format": target}):
+                converted = await activities.convert_audio(activities.Conversion(audio, target, into=work / f"archive.{archive_extension(target)}"))
             self._conversion.record(time.perf_counter() - started, {"source_format": audio.format, "codec": converted.codec})
         except AudioError as exc:
             await self._fail(job, delivery, "failed", {"kind": "bad_audio", "message": str(exc), "source_format": audio.format})
             return ACK
         await claim.renew()  # still ours right before writing (ClaimLost if another job took the name over)
         try:
-            archived = await archive.store_verified(name, converted, audio)
+            with tracing.span("recording.store", **{"pbx.archive.name": name, "pbx.archive.bytes": converted.size}):
+                archived = await archive.store_verified(name, converted, audio)
         except activities.ChecksumMismatch as exc:
             log.warning("%s; archiving again", exc)
             delay = retry_delay(self.settings, delivery.attempt)

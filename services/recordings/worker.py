@@ -13,6 +13,7 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig, DeliverPolicy
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
@@ -61,7 +62,9 @@ async def ensure_consumers(bus: Bus, consumers: list[tuple[str, ConsumerConfig]]
 
 def build_broker(bus: Bus, handler: RecordingHandler, auto: AutoArchive | None, config: Config) -> NatsBroker:
     settings = config.settings
-    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
+    # Our handlers log (FastStream's access log is noise); its telemetry middleware continues the
+    # sender's trace from the message's ``traceparent`` when tracing is on.
+    broker = NatsBroker(bus.url, logger=None, middlewares=tracing.broker_middlewares())
     consumer = jobs_consumer(bus, settings)
 
     @broker.subscriber(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -39,14 +40,16 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: st
 
 class CountingYemot(YemotSimulator):
     """The Yemot simulator, counting every request as it arrives (a call the client gave up on
-    still reached the vendor), optionally slow (``slow[op]`` seconds before acting) or trickling
-    its reply (``trickle[op]`` seconds between bytes: each read is quick, the whole is not)."""
+    still reached the vendor), optionally slow (``slow[op]`` seconds before acting), trickling
+    its reply (``trickle[op]`` seconds between bytes: each read is quick, the whole is not) or
+    answering with a gzip bomb (``bombs[op]`` bytes once inflated)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.arrivals: list[tuple[str, float]] = []  # (operation, wall-clock time)
         self.slow: dict[str, float] = {}
         self.trickle: dict[str, float] = {}
+        self.bombs: dict[str, int] = {}  # op -> bytes of zeros its reply inflates to (gzip)
 
     def arrived(self, operation: str) -> int:
         return sum(1 for op, _ in self.arrivals if op == operation)
@@ -56,6 +59,9 @@ class CountingYemot(YemotSimulator):
         if op.name in self.slow:
             await asyncio.sleep(self.slow[op.name])
         response = await super()._dispatch(op, request)
+        if op.name in self.bombs:
+            return web.Response(body=gzip.compress(bytes(self.bombs[op.name]), 9),
+                                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
         if op.name not in self.trickle or not isinstance(response, web.Response):
             return response
         stream = web.StreamResponse(status=response.status, headers={"Content-Type": response.content_type})

@@ -155,13 +155,29 @@ async def test_rate_limit_waits_for_retry_after(rig: Rig) -> None:
 
 
 async def test_retries_end_in_failure_after_max_deliver(settings: Settings, bus: Bus) -> None:
-    """A vendor that never recovers: the command fails after command_max_deliver attempts."""
+    """A vendor that never recovers: the command fails after command_max_deliver attempts, with a
+    dead letter."""
     settings.command_backoff, settings.command_max_deliver = 0.05, 3
     async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
         sim.faults.error_rate = 1.0
         result = await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})
     assert result.status == "failed" and result.error["kind"] == "transient"
     assert [o for _, o in sim.requests].count("fault:503") == 3
+    letters = await rig.dead_letters()
+    assert [d["command_id"] for d in letters] == [result.command_id] and "gave up" in letters[0]["reason"]
+
+
+async def test_last_allowed_delivery_concludes(settings: Settings, bus: Bus) -> None:
+    """With attempts to spare but no deliveries left, the last delivery still ends the command:
+    a result and a dead letter, never a message left in the stream."""
+    settings.command_backoff, settings.command_max_deliver, settings.command_max_deliveries = 0.05, 5, 2
+    async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
+        sim.faults.error_rate = 1.0
+        result = await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})
+        await wait_for(lambda: _stream_empty(bus), what="the command to be acked")
+    assert result.status == "failed" and result.attempts == 2
+    assert [o for _, o in sim.requests].count("fault:503") == 2
+    assert [d["command_id"] for d in await rig.dead_letters()] == [result.command_id]
 
 
 async def test_timeout_of_an_unsafe_operation_is_not_retried(settings: Settings, bus: Bus) -> None:
@@ -200,6 +216,20 @@ async def test_unknown_account_is_rejected(rig: Rig) -> None:
         rig.bus.nc, rig.bus.subjects, "yemot", "nobody", "op.GetQueueRealTime", {"queuePath": QUEUE}, timeout=10
     )
     assert result.status == "rejected" and "nobody" in result.error["message"]
+
+
+async def test_start_up_updates_an_existing_consumer(settings: Settings, bus: Bus) -> None:
+    """A durable left by an older commander (7 deliveries, 30 s) takes the current settings."""
+    from nats.js.api import ConsumerConfig
+
+    await bus.js.add_consumer(bus.names.commands, ConsumerConfig(
+        durable_name="commander", filter_subject=bus.subjects.all_commands, max_deliver=7, ack_wait=30,
+    ))
+    settings.command_ack_wait, settings.command_max_deliveries = 7.0, 50
+    async with YemotSimulator(activity=False) as sim, running_commander(settings, bus, sim) as rig:
+        assert (await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})).status == "succeeded"
+        info = await bus.js.consumer_info(bus.names.commands, "commander")
+    assert (info.config.max_deliver, info.config.ack_wait) == (51, 7.0)
 
 
 async def test_commander_survives_a_bus_restart(settings: Settings, nats_server, bus: Bus) -> None:

@@ -6,7 +6,6 @@ where they arrive at the simulator, and results where they land: on the results 
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -106,6 +105,29 @@ async def test_trickling_reply_gets_one_call_per_command(quick: Settings, bus: B
     assert sim.arrived("QueueManagement") == 1
     assert safe.status == "failed" and safe.error["kind"] == "timeout"
     assert sim.arrived("GetQueueRealTime") == safe.attempts == 2
+
+
+async def test_gzip_bomb_reply_fails_without_inflating(quick: Settings, bus: Bus) -> None:
+    """A ~20 KB reply that inflates to 20 MB passes the 1 MiB reply cap: failed/reply_too_large,
+    one call, and the result stays small."""
+    async with CountingYemot(activity=False) as sim, running_commander(
+        quick, bus, sim, timeout=5, max_reply_bytes=2**20,
+    ) as rig:
+        sim.bombs["GetQueueRealTime"] = 20 * 2**20
+        result = await rig.send("op.GetQueueRealTime", {"queuePath": QUEUE})
+    assert result.status == "failed" and result.error["kind"] == "reply_too_large"
+    assert sim.arrived("GetQueueRealTime") == 1 and len(result.model_dump_json()) < 2000
+
+
+async def test_reply_too_large_for_a_result_fails_small(quick: Settings, bus: Bus) -> None:
+    """A reply under the reply cap but over the result cap (512 KiB): failed/too_large, a small
+    result, one call."""
+    async with CountingYemot(activity=False) as sim, running_commander(quick, bus, sim, timeout=5) as rig:
+        for _ in range(6000):
+            sim.add_sms()
+        result = await rig.send("op.GetSmsIncomingLog", {})
+    assert result.status == "failed" and result.error["kind"] == "too_large"
+    assert sim.arrived("GetSmsIncomingLog") == 1 and len(result.model_dump_json()) < 2000
 
 
 async def test_queued_commands_never_reach_the_vendor_after_their_deadline(quick: Settings, bus: Bus) -> None:

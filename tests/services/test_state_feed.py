@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import nats.js.errors
 import pytest
 from aiohttp import web
 
@@ -19,10 +18,11 @@ from helpers_poller import LoopWatch, count, metric_reader, read_all, running_po
 from pbxbridge.bus import Bus, open_bus
 from pbxbridge.bus.envelope import deterministic_id
 from pbxbridge.config import Account, AccountOptions, Config, Settings
-from pbxbridge.events import AgentStatusChanged, QueueStatusChanged
+from pbxbridge.events import AgentStatusChanged, CallEnded, CallStarted, QueueStatusChanged
 from pbxbridge.feeds import EntityChange, Observation, StateFeed, interval_of
 from pbxbridge.vendors import client_for
 from pbxbridge.vendors.errors import MalformedReplyError
+from services.poller.cursor import LostOwnership
 from services.poller.runner import Meters
 from services.poller.snapshot import Snapshot, SnapshotStore
 from services.poller.state import StatePoller
@@ -71,12 +71,17 @@ def presence_feed(server: SnapshotServer, http: httpx.AsyncClient) -> StateFeed:
         return [Observation(row["id"], {k: v for k, v in row.items() if k != "id"}, row) for row in reply["rows"]]
 
     def build(change: EntityChange, account: Account) -> tuple[type, dict[str, Any]] | None:
+        if change.entity.startswith("call-"):  # calls in progress: news when one starts or ends
+            parties = {"call_id": change.entity, "from": {"raw": "101", "e164": None}, "to": {"raw": "102", "e164": None}}
+            if change.change == "appeared":
+                return CallStarted, parties
+            return (CallEnded, {**parties, "disposition": "answered"}) if change.change == "disappeared" else None
         if change.entity.startswith("queue-"):
             return QueueStatusChanged, {"queue": change.entity, "waiting": (change.after or {}).get("waiting")}
         status = (change.after or {"status": "offline"})["status"]
         return AgentStatusChanged, {"agent": change.entity, "status": status, "vendor_status": status}
 
-    return StateFeed(name=FEED, events=(AgentStatusChanged, QueueStatusChanged), fetch=fetch, build=build)
+    return StateFeed(name=FEED, events=(AgentStatusChanged, QueueStatusChanged, CallStarted, CallEnded), fetch=fetch, build=build)
 
 
 @pytest.fixture
@@ -106,21 +111,21 @@ async def feed(server: SnapshotServer, monkeypatch: pytest.MonkeyPatch) -> Async
         yield declared
 
 
-def account_for(server: SnapshotServer) -> Account:
-    return Account(vendor="yemot", id="acme", base_url=server.url, options=AccountOptions(poll_interval=0.1))
+def account_for(server: SnapshotServer, **options: Any) -> Account:
+    return Account(vendor="yemot", id="acme", base_url=server.url, options=AccountOptions(**{"poll_interval": 0.1, **options}))
 
 
-def config_for(settings: Settings, server: SnapshotServer) -> Config:
-    return Config(settings=settings, accounts=[account_for(server)])
+def config_for(settings: Settings, server: SnapshotServer, **options: Any) -> Config:
+    return Config(settings=settings, accounts=[account_for(server, **options)])
 
 
 def subjects(bus: Bus) -> list[str]:
-    return [bus.subjects.event("yemot", "acme", e.event) for e in (AgentStatusChanged, QueueStatusChanged)]
+    return [bus.subjects.event("yemot", "acme", e.event) for e in (AgentStatusChanged, QueueStatusChanged, CallStarted, CallEnded)]
 
 
 async def stored(bus: Bus) -> list[Any]:
-    """Every state event, in stream order."""
-    return sorted([m for s in subjects(bus) for m in await read_all(bus, s)], key=lambda m: m.data["sequence"])
+    """Every event of the feed, state events in the order of their sequence."""
+    return sorted([m for s in subjects(bus) for m in await read_all(bus, s)], key=lambda m: m.data.get("sequence", 0))
 
 
 async def total(bus: Bus) -> int:
@@ -182,6 +187,26 @@ async def test_appear_change_disappear_each_give_one_event_of_the_built_type(
     assert await total(pbus) == 6
 
 
+async def test_calls_in_progress_give_started_and_ended_and_nothing_between(
+    psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed,
+) -> None:
+    """build may answer a non-state event (no change/sequence fields) or None (no news)."""
+    started, ended = (pbus.subjects.event("yemot", "acme", e.event) for e in (CallStarted, CallEnded))
+    async with running_poller(config_for(psettings, server), pbus):
+        await until_events(pbus, 3, "the first look")
+        server.entities["call-7"] = {"state": "ringing"}
+        await wait_for(lambda: _count_is(pbus, started, 1), what="call.started")
+        server.entities["call-7"] = {"state": "talking"}  # a change build calls no news
+        await more_polls(server)
+        del server.entities["call-7"]
+        await wait_for(lambda: _count_is(pbus, ended, 1), what="call.ended")
+        await more_polls(server)
+    (start,), (end,) = await read_all(pbus, started), await read_all(pbus, ended)
+    assert start.data["call_id"] == end.data["call_id"] == "call-7" and "sequence" not in start.data
+    assert end.data["original"] == {"id": "call-7", "state": "talking"}
+    assert await count(pbus, started) + await count(pbus, ended) == 2
+
+
 async def test_flapping_entity_gives_every_change_in_order(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
     """A→B→A→B: every change is its own event (the sequence, not the state, makes the id), in order."""
     async with running_poller(config_for(psettings, server), pbus):
@@ -215,25 +240,19 @@ async def test_restart_past_the_dedupe_window_republishes_nothing(
 async def test_two_replicas_never_both_poll(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
     """While replica A holds the lease replica B never asks the vendor; B takes over when A stops."""
     other = psettings.model_copy(update={"instance": "replica-b"})
-    async with open_bus(other, name="test-state-b") as bus_b:
-        replica_a = running_poller(config_for(psettings, server), pbus)
-        await replica_a.__aenter__()
-        try:
-            await until_events(pbus, 3, "replica A's first look")
-            async with running_poller(config_for(other, server), bus_b):
-                for i, status in enumerate(["paused", "available", "paused"], 1):  # longer than the dedupe window
-                    server.entities["a1"] = {"status": status}
-                    await until_events(pbus, 3 + i, f"change {i}")
-                    await _past_the_dedupe_window(psettings)
-                callers_while_both = set(server.callers)
-                await replica_a.__aexit__(None, None, None)
-                replica_a = None
-                server.entities["a2"] = {"status": "available"}
-                await until_events(pbus, 7, "replica B's first event")
-                await more_polls(server)
-        finally:
-            if replica_a is not None:
-                await replica_a.__aexit__(None, None, None)
+    async with open_bus(other, name="test-state-b") as bus_b, contextlib.AsyncExitStack() as replica_a:
+        await replica_a.enter_async_context(running_poller(config_for(psettings, server), pbus))
+        await until_events(pbus, 3, "replica A's first look")
+        async with running_poller(config_for(other, server), bus_b):
+            for i, status in enumerate(["paused", "available", "paused"], 1):  # longer than the dedupe window
+                server.entities["a1"] = {"status": status}
+                await until_events(pbus, 3 + i, f"change {i}")
+                await _past_the_dedupe_window(psettings)
+            callers_while_both = set(server.callers)
+            await replica_a.aclose()  # A stops and lets go of the lease
+            server.entities["a2"] = {"status": "available"}
+            await until_events(pbus, 7, "replica B's first event")
+            await more_polls(server)
     assert len(callers_while_both) == 1, "both replicas polled the vendor"
     assert len(set(server.callers)) == 2  # B did poll once A was gone
     ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(pbus))
@@ -259,6 +278,7 @@ async def test_crash_during_a_poll_then_restart_past_the_window_repeats_and_lose
     psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed, monkeypatch: pytest.MonkeyPatch, crash_at: str,
 ) -> None:
     """Killed after the acks (or before publishing) and restarted past the dedupe window: each id once, none lost."""
+    server.entities["call-1"] = {"state": "talking"}  # a call.started: no sequence in its data, only in its id
     cursors = await pbus.js.key_value(pbus.names.cursors)
     account = account_for(server)
     client = client_for(account)
@@ -270,7 +290,7 @@ async def test_crash_during_a_poll_then_restart_past_the_window_repeats_and_lose
         monkeypatch.setattr(dying, "publish_acked", die)
     with pytest.raises(Crash):
         await dying.run(asyncio.Event())
-    assert await total(pbus) == (3 if crash_at == "after the acks" else 0)
+    assert await total(pbus) == (4 if crash_at == "after the acks" else 0)
     assert (await SnapshotStore(cursors, KEY, "x").load()).pending is not None
     await _past_the_dedupe_window(psettings)
 
@@ -278,17 +298,29 @@ async def test_crash_during_a_poll_then_restart_past_the_window_repeats_and_lose
     stop = asyncio.Event()
     task = asyncio.create_task(restarted.run(stop))
     try:
-        await until_events(pbus, 3, "every entity once")
+        await until_events(pbus, 4, "every entity once")
         server.entities["a1"] = {"status": "paused"}
-        await until_events(pbus, 4, "a change after the restart")
+        await until_events(pbus, 5, "a change after the restart")
         await more_polls(server)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
         await client.aclose()
     ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(pbus))
-    assert len(ids) == 4 and set(ids.values()) == {1}
+    assert len(ids) == 5 and set(ids.values()) == {1}
     assert (await SnapshotStore(cursors, KEY, "x").load()).pending is None
+
+
+async def test_a_replica_that_lost_the_feed_cannot_overwrite_the_snapshot(pbus: Bus) -> None:
+    """Snapshot writes are compare-and-set: a stale writer gets LostOwnership, the newer snapshot stays."""
+    cursors = await pbus.js.key_value(pbus.names.cursors)
+    stale, current = SnapshotStore(cursors, KEY, "replica-a"), SnapshotStore(cursors, KEY, "replica-b")
+    await stale.save(Snapshot(counter=1))
+    await current.load()
+    await current.save(Snapshot(counter=2))
+    with pytest.raises(LostOwnership):
+        await stale.save(Snapshot(counter=3))
+    assert (await current.load()).counter == 2
 
 
 async def test_malformed_snapshot_raises_health_keeps_the_snapshot_and_recovers(
@@ -324,6 +356,12 @@ async def test_a_big_snapshot_never_stalls_the_loop(psettings: Settings, pbus: B
         await wait_for(lambda: _count_is(pbus, subjects(pbus)[0], 20_000), timeout=60, what="every change")
     print(f"\nlongest event-loop stall over 10,000 entities: {watch.longest * 1000:.0f} ms")
     assert watch.longest < 0.1, f"the event loop stalled {watch.longest * 1000:.0f} ms"
+
+
+async def test_the_accounts_feed_interval_paces_the_poller(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
+    """feed_intervals reaches the schedule: polls every 0.1 s although poll_interval says 60."""
+    async with running_poller(config_for(psettings, server, poll_interval=60, feed_intervals={FEED: 0.1}), pbus):
+        await more_polls(server, 5)
 
 
 def test_interval_is_the_accounts_override_else_the_feeds_else_poll_interval(server: SnapshotServer) -> None:

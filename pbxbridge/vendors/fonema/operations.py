@@ -1,4 +1,4 @@
-"""Fonema virtual PBX API (``shared/seeds/000_...``, Spanish), declared once.
+"""Fonema virtual PBX API (its Spanish API document), declared once.
 
 GET parameters travel in the query string, POST parameters as a JSON body; every path is the
 method's name relative to the account's base URL. Replies are JSON; ``client.py`` unwraps the
@@ -749,7 +749,6 @@ def op(name: str, method: str, request: Any, response: Any, summary: str, exampl
 VENDOR = Vendor(
     "fonema",
     "Fonema",
-    document="000_96952e3d9ae25681.txt",
     operations=[
         op("login", "GET", LoginRequest, LoginReply, "Open a session: a bearer token for every other method.",
            exposed=False, retry_safe=True),

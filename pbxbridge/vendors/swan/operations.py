@@ -1,4 +1,4 @@
-"""SWAN v2 PBX API (``shared/seeds/003_...``, English), declared once.
+"""SWAN v2 PBX API (its English API document), declared once.
 
 The document's endpoints have no names: each gets a verb-noun name here. Every reply is
 ``{"error": bool, "error-msg": str | null, "result": ...}``; ``client.py`` reads the envelope,
@@ -213,7 +213,6 @@ class CompanyNumber(Reply):
 VENDOR = Vendor(
     "swan",
     "SWAN v2",
-    document="003_01be333b2bb48b14.txt",
     operations=[
         Operation("getUserStatus", "GET", "userStatus/{extension}", Extension, UserStatus, retry_safe=True,
                   summary="A user's status.", example={"extension": "200"}),

@@ -1,4 +1,4 @@
-"""Yemot HaMashiach / call2all IVR API (``shared/seeds/002_...``, Hebrew), declared once.
+"""Yemot HaMashiach / call2all IVR API (its Hebrew API document), declared once.
 
 Every reply is an envelope ``{"responseStatus": "OK"|"ERROR"|"FORBIDDEN"|"EXCEPTION", ...}``
 with the payload fields beside it; ``client.py`` reads the envelope, these models the payload.
@@ -239,7 +239,6 @@ class DownloadRequest(Request):
 VENDOR = Vendor(
     "yemot",
     "Yemot HaMashiach / call2all",
-    document="002_37dafceb3ef10de1.txt",
     operations=[
         Operation(
             "Login", "GET", "Login", LoginRequest, LoginReply, retry_safe=True, exposed=False,
