@@ -49,7 +49,12 @@ def metric_readers() -> list[MetricReader]:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
     # target_info carries service.name; the scope labels would add a label to every series for nothing.
-    readers: list[MetricReader] = [PrometheusMetricReader(scope_info_enabled=False)]
+    return [PrometheusMetricReader(scope_info_enabled=False), *pushing_metric_readers()]
+
+
+def pushing_metric_readers() -> list[MetricReader]:
+    """The readers that push (OTLP, console) as the environment asks; Prometheus pulls."""
+    readers: list[MetricReader] = []
     if otlp_metrics_wanted():
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 

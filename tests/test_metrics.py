@@ -177,3 +177,39 @@ async def _named(endpoint: Endpoint, names: set[str]) -> bool:
     if missing:
         log.debug("not on /metrics yet: %s", sorted(missing))
     return not missing
+
+
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"])
+async def test_metrics_are_pushed_over_otlp_when_an_endpoint_is_set(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an OTLP endpoint configured, the worker's readers push metrics to it (a collector on loopback)."""
+    from aiohttp import web
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from pbxbridge.telemetry import pushing_metric_readers
+
+    received: list[tuple[str, bytes]] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append((request.path, await request.read()))
+        return web.Response(status=200, body=b"", content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/metrics", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", raising=False)
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+        base = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv(variable, f"{base}/v1/metrics" if variable.endswith("METRICS_ENDPOINT") else base)
+        provider = MeterProvider(metric_readers=pushing_metric_readers())
+        provider.get_meter("test").create_counter("pbxbridge.test.pushed").add(3, {"vendor": "yemot"})
+        await asyncio.to_thread(provider.force_flush)  # the exporter posts synchronously; the collector is on this loop
+        await asyncio.to_thread(provider.shutdown)
+    finally:
+        await runner.cleanup()
+    assert received and all(path == "/v1/metrics" for path, _ in received)
+    assert any(b"pbxbridge.test.pushed" in body for _, body in received)
