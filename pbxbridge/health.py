@@ -51,6 +51,7 @@ BUS_TIMEOUT = 1.0  # one stream-info round trip to NATS
 # commander account idle since is not reported failing); a poller calls every few seconds, so
 # for it the window is always current.
 VENDOR_WINDOW = 300.0
+MAX_NAMED = 10  # accounts named in the one-line reason; the report lists them all
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,9 @@ def vendors_probe(clients: Iterable[VendorClient], *, window: float = VENDOR_WIN
                 failing[client.account.key] = f"{seen.failure} ({now - seen.failing_since:.0f}s)"
         data = {"accounts": len(clients), "answering": len(clients) - idle - len(failing), "idle": idle}
         if failing:
-            return Status("degraded", "not answering: " + ", ".join(f"{k}: {v}" for k, v in sorted(failing.items())),
-                          {**data, "failing": failing})
+            named = [f"{k}: {v}" for k, v in sorted(failing.items())]
+            more = f" and {len(named) - MAX_NAMED} more" if len(named) > MAX_NAMED else ""
+            return Status("degraded", "not answering: " + ", ".join(named[:MAX_NAMED]) + more, {**data, "failing": failing})
         return Status("ok", data=data)
 
     return probe
@@ -191,9 +193,8 @@ async def serve_health(health: Health, port: int = DEFAULT_PORT, host: str = "0.
     runner = web.AppRunner(build_app(health), access_log=None)  # probes every few seconds: not worth a line each
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(runner, host, port).start()
+        bound = runner.addresses[0][1]
         log.info("health and metrics on http://%s:%d (/healthz, /readyz, /metrics)", host, bound)
         yield bound
     finally:

@@ -219,3 +219,32 @@ async def _logged_port(proc: asyncio.subprocess.Process, lines: list[str], how: 
 
 async def _ready(client: httpx.AsyncClient) -> bool:
     return (await client.get("/readyz")).status_code == 200
+
+
+async def test_poller_is_ready_holding_a_lease_or_waiting_for_one(settings: Settings, bus: Bus, endpoint: Endpoint) -> None:
+    """Two poller replicas on one feed: the one polling and the one waiting for the lease are both
+    ready, and each report says which it is."""
+    from helpers_poller import running_poller
+    from pbxbridge.config import Config
+
+    async with YemotSimulator(activity=False) as sim:
+        def replica(instance: str) -> Config:
+            return Config(settings=settings.model_copy(update={"instance": instance, "lease_ttl": 3.0}),
+                          accounts=[sim.account("acme", poll_interval=0.2, phone_region="IL", feeds=["sms"])])
+
+        second = Health()
+        async with running_poller(replica("a"), bus, health=endpoint.health):
+            await wait_for(lambda: _leases_are(endpoint, {"feeds": 1, "polling": 1}), what="replica a polling")
+            async with running_poller(replica("b"), bus, health=second):
+                async def waiting() -> bool:
+                    ready, report = await second.readiness()
+                    return ready and report["checks"]["poller.leases"] == {"status": "ok", "feeds": 1, "waiting": 1}
+
+                await wait_for(waiting, what="replica b ready, waiting for the lease")
+                assert await _status(endpoint) == 200 and await _leases_are(endpoint, {"feeds": 1, "polling": 1})
+
+
+async def _leases_are(endpoint: Endpoint, expected: dict) -> bool:
+    response = await endpoint.get("/readyz")
+    leases = response.json()["checks"].get("poller.leases", {})
+    return response.status_code == 200 and leases == {"status": "ok", **expected}
