@@ -143,7 +143,44 @@ def run(
             log.info("running %s on %s for %d account(s)", ", ".join(names), bus.display_url, len(cfg.accounts))
             await run_services(names, cfg, bus, stop, health)
 
-    asyncio.run(main())
+    from pbxbridge.bus import NotProvisioned
+
+    try:
+        asyncio.run(main())
+    except (NotProvisioned, ConfigError) as exc:  # PBX_PROVISION=verify found a gap; a credential file is unusable
+        _fail(str(exc))
+
+
+@app.command()
+def provision(
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the NATS cluster")] = 30.0,
+) -> None:
+    """Create or update the streams, KV buckets, object store and the workers' consumers, then exit.
+
+    Run it once per deployment and upgrade, as a NATS user allowed the JetStream API (``admin`` in
+    deploy/nats/); the workers, with PBX_PROVISION=verify, then only check that it was done."""
+    _logging(False)
+    settings = _settings()
+    if not settings.nats_url:
+        _fail("PBX_NATS_URL is not set: provisioning is for a NATS cluster (an embedded server is set up by the workers)")
+    from pbxbridge.bus import BusUnreachable, connect_nats
+    from pbxbridge.bus.connection import nats_connection
+    from pbxbridge.bus.infra import provision as provision_bus
+
+    async def main() -> None:
+        nc = await connect_nats(nats_connection(settings), name="pbxbridge-provision", timeout=timeout)
+        try:
+            for done in await provision_bus(nc.jetstream(timeout=timeout), settings):
+                typer.echo(str(done))
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(main())
+    except (BusUnreachable, ConfigError) as exc:
+        _fail(str(exc))
+    except TimeoutError as exc:  # nats-py's TimeoutError is one too: a JetStream request refused or lost
+        _fail(f"JetStream did not answer ({type(exc).__name__}): is this NATS user allowed the JetStream API (the admin user)?")
 
 
 @app.command()
@@ -220,9 +257,14 @@ def _refuse_session_operation(vendor: str, command: str) -> None:
 async def _connect(settings: Settings, name: str, timeout: float) -> NatsClient:
     """A NATS connection for a one-shot command, or one line saying which URL did not answer."""
     from pbxbridge.bus import BusUnreachable, connect_nats
+    from pbxbridge.bus.connection import nats_connection
 
     try:
-        return await connect_nats(client_url(settings), name=name, timeout=timeout)
+        # With PBX_NATS_URL: its servers, with the credentials and TLS the settings name.
+        target = nats_connection(settings) if settings.nats_url else client_url(settings)
+        return await connect_nats(target, name=name, timeout=timeout)
+    except ConfigError as exc:
+        _fail(str(exc))
     except BusUnreachable as exc:
         _fail(f"{exc}; {DEMO_HINT}")
 

@@ -28,7 +28,7 @@ from faststream import FastStream
 from faststream.nats import NatsBroker
 
 from pbxbridge import telemetry
-from pbxbridge.bus import Bus, open_bus
+from pbxbridge.bus import Bus, NotProvisioned, open_bus
 from pbxbridge.config import Config, ConfigError, Settings, load_config
 from pbxbridge.health import Health, serve_health
 from pbxbridge.logs import setup_logging
@@ -74,7 +74,7 @@ def faststream_app(name: str, serve: Serve) -> FastStream:
         prepare_process(name, config.settings)
         bus, health = await exits.enter_async_context(worker_process(name, config.settings))
         # FastStream wants a broker of its own; the services open theirs inside ``serve``.
-        app.add_broker(NatsBroker(bus.url))
+        app.add_broker(NatsBroker(**bus.broker_kwargs()))  # the bus's servers, credentials and TLS
         running["bus"], running["health"] = bus, health  # type: ignore[assignment]
 
     @app.after_startup
@@ -110,4 +110,8 @@ def main(name: str, serve: Serve) -> None:
         async with worker_process(name, config.settings) as (bus, health):
             await serve(config, bus, stop, health=health)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except (NotProvisioned, ConfigError) as exc:  # PBX_PROVISION=verify found a gap; a credential file is unusable
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
