@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 
+from pbxbridge.config import ConfigError
+
 if TYPE_CHECKING:
     from pbxbridge.bus import Bus
     from pbxbridge.metrics import ConsumerSampler
@@ -189,11 +191,19 @@ def build_app(health: Health) -> web.Application:
 
 @contextlib.asynccontextmanager
 async def serve_health(health: Health, port: int = DEFAULT_PORT, host: str = "0.0.0.0") -> AsyncIterator[int]:
-    """Serve ``/healthz``, ``/readyz`` and ``/metrics`` until the block ends; yields the port."""
+    """Serve ``/healthz``, ``/readyz`` and ``/metrics`` until the block ends; yields the port.
+    A port in use is a ``ConfigError`` (one line at start-up), never a silent other port: the
+    probes and Prometheus look for the configured one."""
     runner = web.AppRunner(build_app(health), access_log=None)  # probes every few seconds: not worth a line each
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"PBX_HEALTH_PORT: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                "another worker on this machine? give each its own port, or 0 for a free one"
+            ) from None
         bound = runner.addresses[0][1]
         log.info("health and metrics on http://%s:%d (/healthz, /readyz, /metrics)", host, bound)
         yield bound

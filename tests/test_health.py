@@ -248,3 +248,17 @@ async def _leases_are(endpoint: Endpoint, expected: dict) -> bool:
     response = await endpoint.get("/readyz")
     leases = response.json()["checks"].get("poller.leases", {})
     return response.status_code == 200 and leases == {"status": "ok", **expected}
+
+
+async def test_a_health_port_in_use_stops_start_up_in_one_line(tmp_path: Path) -> None:
+    """A second worker on the same port: exit 2 with one line naming PBX_HEALTH_PORT, before
+    reaching NATS (the probes would otherwise be asking another worker)."""
+    async with serve_health(Health(), 0) as taken:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.commander", cwd=ROOT,
+            env=_env(PBX_HEALTH_PORT=str(taken), PBX_NATS_URL=f"nats://127.0.0.1:{free_port()}", PBX_DATA_DIR=str(tmp_path)),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"PBX_HEALTH_PORT: cannot listen on 0.0.0.0:{taken}"), err.decode()

@@ -84,7 +84,7 @@ class Server:
         return pbx_env(
             PBX_NATS_URL=self.plain_url, PBX_NATS_USER=user,
             PBX_NATS_PASSWORD_FILE=str(self.secrets / f"nats_{user}_password"),
-            PBX_PREFIX="pbx", PBX_DUPLICATE_WINDOW="60", **settings,
+            PBX_PREFIX="pbx", PBX_DUPLICATE_WINDOW="60", PBX_HEALTH_PORT="0", **settings,
         )
 
     def settings(self, user: str) -> Settings:
