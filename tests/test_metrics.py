@@ -76,7 +76,7 @@ async def test_consumer_pending_counts_are_sampled_from_jetstream(settings: Sett
     settings.command_concurrency, settings.consumer_sample_interval = 1, 0.05
     labels = {"stream": bus.names.commands, "consumer": "commander"}
     async with CountingYemot(activity=False) as sim, running_commander(settings, bus, sim, timeout=5.0) as rig:
-        sim.slow["QueueManagement"] = 0.3
+        sim.slow["QueueManagement"] = 0.5  # four in a row: about two seconds with some queued
         await wait_for(lambda: _has_series(endpoint, "pbxbridge_consumer_pending", labels), what="the first sample")
         for i in range(4):
             await rig.publish("op.QueueManagement", {"action": "pause", "queuePath": QUEUE, "agent": "101"}, command_id=f"q{i}")
