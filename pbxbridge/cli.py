@@ -62,9 +62,10 @@ def serve_function(name: str):
     return importlib.import_module(f"services.{name}.worker").serve
 
 
-async def run_services(names: list[str], config, bus, stop: asyncio.Event) -> None:
-    """Run the named services until ``stop``; if one fails, stop the others and re-raise."""
-    tasks = [asyncio.create_task(serve_function(n)(config, bus, stop), name=n) for n in names]
+async def run_services(names: list[str], config, bus, stop: asyncio.Event, health=None) -> None:
+    """Run the named services until ``stop``; if one fails, stop the others and re-raise.
+    ``health``: the process's ``pbxbridge.health.Health``, where each registers its readiness."""
+    tasks = [asyncio.create_task(serve_function(n)(config, bus, stop, health=health), name=n) for n in names]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
@@ -121,8 +122,9 @@ def run(
     config: Annotated[Optional[Path], typer.Option(help="accounts file (TOML); default PBX_CONFIG")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run workers against the configured accounts (embedded NATS when PBX_NATS_URL is unset)."""
-    _logging(verbose)
+    """Run workers against the configured accounts (embedded NATS when PBX_NATS_URL is unset).
+
+    One process serves /healthz, /readyz and /metrics on PBX_HEALTH_PORT (9464; 0: a free one)."""
     try:
         cfg = load_config(config)
     except ConfigError as exc:
@@ -130,18 +132,16 @@ def run(
     if not cfg.accounts:
         _fail("no accounts configured: pass --config or set PBX_CONFIG (see examples/pbxbridge.toml)")
     names = list(SERVICES) if service is Service.all else [service.value]
-    from pbxbridge import telemetry
+    from pbxbridge.service import prepare_process, worker_process
 
-    telemetry.setup(service.value)
+    prepare_process(service.value, cfg.settings, verbose=verbose, datefmt="%H:%M:%S")
 
     async def main() -> None:
-        from pbxbridge.bus import open_bus
-
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        async with open_bus(cfg.settings, name=f"pbxbridge-{service.value}") as bus:
+        async with worker_process(service.value, cfg.settings) as (bus, health):
             log.info("running %s on %s for %d account(s)", ", ".join(names), bus.display_url, len(cfg.accounts))
-            await run_services(names, cfg, bus, stop)
+            await run_services(names, cfg, bus, stop, health)
 
     from pbxbridge.bus import NotProvisioned
 
@@ -181,6 +181,36 @@ def provision(
         _fail(str(exc))
     except TimeoutError as exc:  # nats-py's TimeoutError is one too: a JetStream request refused or lost
         _fail(f"JetStream did not answer ({type(exc).__name__}): is this NATS user allowed the JetStream API (the admin user)?")
+
+
+@app.command()
+def health(
+    url: Annotated[Optional[str], typer.Option(help="default: http://127.0.0.1:$PBX_HEALTH_PORT/readyz")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the answer")] = 4.0,
+) -> None:
+    """Is the worker on this machine ready? Exit 0 if so, 1 if not, with one line saying why."""
+    import httpx
+
+    if url is None:
+        port = _settings().health_port
+        if port == 0:
+            _fail("PBX_HEALTH_PORT=0: the worker picked a free port (it logs it): pass --url")
+        url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        typer.echo(f"not ready: no answer from {url}: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        report = response.json()
+    except ValueError:
+        report = {}
+    reason = report.get("reason") if isinstance(report, dict) else None
+    if response.status_code == 200:
+        typer.echo(f"ready ({report.get('status', 'ok')}{': ' + reason if reason else ''})")
+        return
+    typer.echo(f"not ready: HTTP {response.status_code}: {reason or response.text[:200]}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command()

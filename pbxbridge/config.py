@@ -336,6 +336,10 @@ class Settings(BaseSettings):
     command_busy_delay: float = Field(0.5, gt=0, description="seconds before a command for a busy account is offered again")
     command_max_deliveries: int = Field(1000, ge=2, description="deliveries of one message (waits included); the last concludes")
     instance: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # Running in production (pbxbridge.health, pbxbridge.logs, pbxbridge.metrics).
+    health_port: int = Field(9464, ge=0, le=65535, description="/healthz, /readyz and /metrics; 0: a free port, logged")
+    log_format: Literal["text", "json"] = Field("text", description="json: one object a line, with trace and span ids")
+    consumer_sample_interval: float = Field(15.0, gt=0, description="seconds between samples of JetStream consumers' pending counts")
 
     @field_validator("nats_url")
     @classmethod

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -84,7 +85,7 @@ class Server:
         return pbx_env(
             PBX_NATS_URL=self.plain_url, PBX_NATS_USER=user,
             PBX_NATS_PASSWORD_FILE=str(self.secrets / f"nats_{user}_password"),
-            PBX_PREFIX="pbx", PBX_DUPLICATE_WINDOW="60", **settings,
+            PBX_PREFIX="pbx", PBX_DUPLICATE_WINDOW="60", PBX_HEALTH_PORT="0", **settings,
         )
 
     def settings(self, user: str) -> Settings:
@@ -496,6 +497,16 @@ class Workers:
             for pending in (task, *exits):
                 pending.cancel()
 
+    async def readiness(self, worker: str) -> tuple[int, dict]:
+        """The worker's /readyz (its health server runs on a free port, which it logs)."""
+        import httpx
+
+        found = re.search(r"health and metrics on http://[^:]+:(\d+)", self.log(worker))
+        assert found, f"{worker} logged no health port:\n{self.log(worker)}"
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"http://127.0.0.1:{found.group(1)}/readyz")
+        return response.status_code, response.json()
+
     async def stop(self) -> dict[str, int]:
         for proc in self.procs.values():
             if proc.returncode is None:
@@ -562,6 +573,11 @@ async def test_real_workers_under_their_own_users(provisioned: Settings, server:
             assert json.loads(archived.data)["sha256"] == fetched.result["sha256"]
             stored = await (await admin.js.object_store(N.recordings)).get_info(fetched.result["name"])
             assert stored.size == fetched.result["bytes"]
+
+            # each is ready: its readiness probes (stream and consumer info) are within its permissions
+            for worker in WORKERS:
+                status, report = await workers.readiness(worker)
+                assert status == 200 and report["status"] == "ok", (worker, report)
         finally:
             codes = await workers.stop()
     assert codes == dict.fromkeys(WORKERS, 0), {w: workers.log(w) for w in WORKERS}  # a clean stop on SIGTERM

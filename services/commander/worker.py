@@ -18,6 +18,8 @@ from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config
+from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
+from pbxbridge.metrics import ConsumerSampler
 from pbxbridge.vendors import client_for
 from services.commander.handler import CommandHandler
 from services.commander.plan import Delivery
@@ -89,18 +91,29 @@ def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroke
     return broker
 
 
-async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
-    ledger = Ledger(await bus.js.key_value(bus.names.ledger))
-    tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health | None = None) -> None:
+    names, health = bus.names, health or Health()
+    ledger = Ledger(await bus.js.key_value(names.ledger))
+    tokens = KvTokenStore(await bus.js.key_value(names.tokens))
     # Created or updated here (PBX_PROVISION=create), or only looked up (verify: provisioning made it).
-    await ensure_consumers(bus.js, config.settings, [commander_consumer(config.settings)])
+    consumer = commander_consumer(config.settings)
+    await ensure_consumers(bus.js, config.settings, [consumer])
     clients = {a.key: client_for(a, token_store=tokens) for a in config.accounts}
     broker = build_broker(bus, CommandHandler(config, bus, ledger, clients), config)
+    sampler = ConsumerSampler(bus.js, [(consumer.stream, consumer.config.durable_name)], every=config.settings.consumer_sample_interval)
     log.info("commander %s: %d account(s)", config.settings.instance, len(clients))
     try:
         async with broker:
             await broker.start()
-            await stop.wait()
+            health.add("commander.bus", bus_probe(
+                bus, streams=[names.commands, names.results, names.dead_letters, names.jobs],
+                buckets=[names.ledger, names.tokens],
+            ))
+            health.add("commander.consumer", consumers_probe(sampler))
+            health.add("commander.vendors", vendors_probe(clients.values()))
+            await asyncio.gather(sampler.run(stop), stop.wait())
     finally:
+        for name in ("commander.bus", "commander.consumer", "commander.vendors"):
+            health.remove(name)
         for client in clients.values():
             await client.aclose()

@@ -21,6 +21,8 @@ from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config, Settings
+from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
+from pbxbridge.metrics import ConsumerSampler
 from pbxbridge.vendors import client_for, optional_module
 from services.recordings.activities import Archive, ObjectStoreArchive
 from services.recordings.auto import TRIGGERS, AutoArchive, EventDelivery
@@ -116,18 +118,31 @@ async def open_archives(config: Config, bus: Bus, stack: contextlib.AsyncExitSta
     return archives
 
 
-async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
-    ledger = Ledger(await bus.js.key_value(bus.names.ledger))
-    tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health | None = None) -> None:
+    names, health = bus.names, health or Health()
+    ledger = Ledger(await bus.js.key_value(names.ledger))
+    tokens = KvTokenStore(await bus.js.key_value(names.tokens))
     accounts = [a for a in config.accounts if optional_module(a.vendor, "recordings") is not None]
     auto = AutoArchive(config, bus) if any(a.options.archive_recordings for a in accounts) else None
     # Created or updated here (PBX_PROVISION=create), or only looked up (verify: provisioning made them).
-    await ensure_consumers(bus.js, config.settings, recordings_consumers(config.settings, auto_archive=auto is not None))
+    consumers = recordings_consumers(config.settings, auto_archive=auto is not None)
+    await ensure_consumers(bus.js, config.settings, consumers)
+    sampler = ConsumerSampler(
+        bus.js, [(c.stream, c.config.durable_name) for c in consumers], every=config.settings.consumer_sample_interval,
+    )
+    probes = {
+        "recordings.bus": bus_probe(
+            bus, streams=[names.jobs, names.events, names.results, names.dead_letters],
+            buckets=[names.ledger, names.tokens], objects=[names.recordings],
+        ),
+        "recordings.consumers": consumers_probe(sampler),
+    }
     async with contextlib.AsyncExitStack() as stack:
         archives = await open_archives(config, bus, stack)
         clients = {a.key: client_for(a, token_store=tokens) for a in accounts}
         for client in clients.values():
             stack.push_async_callback(client.aclose)
+        probes["recordings.vendors"] = vendors_probe(clients.values())
         broker = build_broker(bus, RecordingHandler(config, bus, ledger, archives, clients), auto, config)
         log.info(
             "recordings %s: %d account(s) with recordings, %d archiving by themselves, archives: %s",
@@ -135,4 +150,10 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         )
         async with broker:
             await broker.start()
-            await stop.wait()
+            for name, probe in probes.items():
+                health.add(name, probe)
+            try:
+                await asyncio.gather(sampler.run(stop), stop.wait())
+            finally:
+                for name in probes:
+                    health.remove(name)
