@@ -120,7 +120,16 @@ async def run_demo(data_dir: Path, *, duration: float | None, out: Callable[[str
                         )
                     await asyncio.sleep(4)
 
-            driver = asyncio.create_task(drive())
+            async def outage() -> None:
+                """A short Yemot outage: its feeds report ``feed.health`` trouble, then recovery."""
+                if (yemot := sims.get("yemot")) is None:
+                    return
+                await asyncio.sleep(15)
+                yemot.faults.error_rate = 1.0
+                await asyncio.sleep(8)
+                yemot.faults.error_rate = 0.0
+
+            driver = asyncio.gather(drive(), outage())
             try:
                 await asyncio.wait_for(stop.wait(), duration) if duration else await stop.wait()
             except asyncio.TimeoutError:
