@@ -15,8 +15,8 @@ entry (or the archive's claim) ``done`` and does nothing. Its ``command_id`` is 
 ``auto:`` id: no result is published for it, since nobody sent a command (see ``handler.py``).
 
 ``voicemail.received`` goes the same way only for a vendor whose recordings source declares
-``FETCHES_VOICEMAIL``: today none does (Fonema's fetches call audio by call id with
-``getCallRecord``; voicemail audio needs ``playVoiceMailMessage`` with the message id and mailbox).
+``FETCHES_VOICEMAIL`` (Fonema's: its voicemail refs name ``playVoiceMailMessage``'s message and
+mailbox).
 """
 
 from __future__ import annotations

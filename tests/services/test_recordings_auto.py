@@ -23,6 +23,7 @@ from pbxbridge.bus.ledger import Ledger, ledger_key
 from pbxbridge.config import Config, Settings
 from pbxbridge.events import Phone, RecordingRef, VoicemailReceived
 from pbxbridge.vendors import load
+from pbxbridge.vendors.fonema.feeds import voicemail_recording_id
 from services.recordings.auto import auto_command_id
 
 pytest.importorskip("pbxbridge.vendors.fonema")
@@ -159,19 +160,23 @@ async def test_malformed_call_ended_is_dead_lettered_not_lost(settings: Settings
         assert await jobs_published(bus) == 0
 
 
-async def test_voicemail_of_a_vendor_that_cannot_fetch_it_makes_no_job(settings: Settings, bus: Bus) -> None:
-    """Fonema's recordings source fetches calls only: a voicemail.received with a ref is not sent to getCallRecord."""
+async def test_fonema_voicemail_is_archived_by_itself(settings: Settings, bus: Bus) -> None:
+    """A voicemail.received whose ref names the message: its audio comes from playVoiceMailMessage, once."""
     async with fonema_rig(settings, bus) as rig:
+        message_id = rig.sim.add_voicemail(caller="34612345678")
+        ref = voicemail_recording_id(message_id)
         data = VoicemailReceived(
-            vendor="fonema", account="madrid", key="vm-7", occurred_at=utcnow(), original={}, mailbox="101",
-            message_id="vm-7", caller=Phone(raw="600000001", e164="+34600000001"), recording=RecordingRef(call_id="vm-7"),
+            vendor="fonema", account="madrid", key=message_id, occurred_at=utcnow(), original={}, mailbox="0",
+            message_id=message_id, caller=Phone(raw="34612345678", e164="+34612345678"),
+            recording=RecordingRef(call_id=ref),
         )
         await bus.publish(bus.subjects.event("fonema", "madrid", VoicemailReceived.event), CloudEvent(
             type=VoicemailReceived.ce_type(), source="pbxbridge/fonema/madrid", data=data.model_dump(mode="json"),
         ))
         await settled(bus)
-        assert await jobs_published(bus) == 0 and await rig.dead_letters() == []
-        assert rig.vendor_served("getCallRecord") == 0
+        [(_, announced)] = await rig.archived_events()
+        assert announced["call_id"] == ref
+        assert rig.vendor_served("playVoiceMailMessage") == 1 and rig.vendor_served("getCallRecord") == 0
 
 
 async def test_recording_filed_late_in_ucontacts_places_is_archived_once_there(settings: Settings, bus: Bus) -> None:

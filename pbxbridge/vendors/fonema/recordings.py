@@ -12,6 +12,8 @@ from pbxbridge.recordings import FetchedAudio
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.fonema.feeds import parse_voicemail_recording_id
 
+FETCHES_VOICEMAIL = True  # the recordings worker archives voicemail.received audio by itself too
+
 _MAGIC = ((b"RIFF", "wav"), (b"fLaC", "flac"), (b"ID3", "mp3"), (b"\xff\xfb", "mp3"), (b"\xff\xf3", "mp3"))
 
 
