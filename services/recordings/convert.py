@@ -2,27 +2,77 @@
 
 Decoding goes through PyAV's demuxers, so FLAC, MP3, WAV and Ogg are recognised by content;
 raw GSM 06.10 (uContact's ``.gsm``) has no header and must be opened as ``gsm`` explicitly.
-Both ends are files: a long call is read and written a packet at a time, never held whole in
+Both ends are files: a long call is read and written a chunk at a time, never held whole in
 memory (bytes in, bytes out held a 30-minute call two or three times over).
+
+Where the time goes, and what this module does about it (``bench/bench_convert.py`` measures it):
+
+- **Encoding is nearly all of it.** Decoding a FLAC/MP3 call and muxing the archive are a few per cent.
+- **Opus keeps the call's own sample rate** when Opus supports it (8, 12, 16, 24, 48 kHz): telephony
+  audio is 8 or 16 kHz, and resampling it to 48 kHz first cost a resampler pass and made libopus
+  encode a signal six times as long (~1.7x the CPU for the same audio; the Ogg header still
+  says 48 kHz playback, as every Opus stream does).
+- **A long call's Opus is encoded in parallel**: the decoded call is cut into ``SEGMENT_SECONDS``
+  chunks, each encoded by its own libopus encoder on a thread pool (PyAV releases the GIL inside the
+  codec), primed with ``PREROLL_FRAMES`` of the audio before the chunk so the packets joined at the
+  seams decode as one continuous stream; the packets are muxed in order, as the chunks complete.
+  Only a few chunks are in flight, so memory stays flat however long the call is.
+- **MP3 goes through LAME directly** (``lameenc``): PyAV's bundled libmp3lame costs ~3.5x the CPU
+  of the same LAME at the same settings. MP3 is not cut into parallel chunks: LAME's bit
+  reservoir makes a frame borrow bytes of the frames before it, so a seam would corrupt a frame.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import av
 
-# archive format -> (container, codec, sample rate or None to keep the source's, extension, content type)
-ARCHIVE_FORMATS: dict[str, tuple[str, str, int | None, str, str]] = {
-    "opus": ("ogg", "libopus", 48000, "opus", "audio/ogg; codecs=opus"),
-    "mp3": ("mp3", "libmp3lame", None, "mp3", "audio/mpeg"),
-    "flac": ("flac", "flac", None, "flac", "audio/flac"),
-    "wav": ("wav", "pcm_s16le", None, "wav", "audio/wav"),
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+@dataclass(frozen=True)
+class ArchiveFormat:
+    """One archive format and the encoder settings (the benchmark gives the ffmpeg CLI the same ones)."""
+
+    container: str
+    codec: str
+    extension: str
+    content_type: str
+    bit_rate: int | None = None  # bits/s; None for lossless
+    options: dict[str, str] = field(default_factory=dict)  # encoder options, as the ffmpeg CLI names them
+    rates: tuple[int, ...] | None = None  # sample rates the codec takes; another rate is resampled to the last
+
+
+ARCHIVE_FORMATS: dict[str, ArchiveFormat] = {
+    # 32 kb/s is generous for telephone speech in Opus (SILK or CELT, libopus's own choice per frame)
+    "opus": ArchiveFormat("ogg", "libopus", "opus", "audio/ogg; codecs=opus", 32000, {}, OPUS_RATES),
+    # LAME's quality 3 is its own default (lame -q 3); 32 kb/s CBR, 8/16 kHz mono: MPEG-2/2.5 layer III
+    "mp3": ArchiveFormat("mp3", "libmp3lame", "mp3", "audio/mpeg", 32000, {"compression_level": "3"}, MP3_RATES),
+    "flac": ArchiveFormat("flac", "flac", "flac", "audio/flac"),
+    "wav": ArchiveFormat("wav", "pcm_s16le", "wav", "audio/wav"),
 }
 _RAW_INPUTS = {"gsm": "gsm"}  # served format -> demuxer to force
 CHUNK = 1 << 20  # bytes read at a time when hashing a file
+SEGMENT_SECONDS = 60  # a long call's Opus is encoded in chunks this long, in parallel
+PREROLL_FRAMES = 10  # 20 ms frames of audio before a chunk that prime its encoder (then dropped)
+OPUS_FRAME_MS = 20  # libopus's default frame duration (the ffmpeg CLI's too)
+
+
+def conversion_threads() -> int:
+    """Encoder threads for one long call: the CPUs this process may use, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
 
 
 class AudioError(ValueError):
@@ -44,14 +94,22 @@ class Converted:
 
 
 def archive_extension(fmt: str) -> str:
-    return _archive_format(fmt)[3]
+    return _archive_format(fmt).extension
 
 
-def _archive_format(fmt: str) -> tuple[str, str, int | None, str, str]:
+def _archive_format(fmt: str) -> ArchiveFormat:
     try:
         return ARCHIVE_FORMATS[fmt]
     except KeyError:
         raise AudioError(f"unknown archive format {fmt!r}; choose one of {', '.join(ARCHIVE_FORMATS)}") from None
+
+
+def output_rate(fmt: ArchiveFormat, source_rate: int | None) -> int:
+    """The archive's sample rate: the call's own where the codec takes it."""
+    rate = source_rate or 8000
+    if fmt.rates is None or rate in fmt.rates:
+        return rate
+    return min((r for r in fmt.rates if r >= rate), default=fmt.rates[-1])
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -64,31 +122,148 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def convert(source: Path, source_format: str, target: str, destination: Path) -> Converted:
-    """Decode ``source`` (as served, ``source_format``) and encode it as ``target``, mono, into ``destination``."""
-    container_fmt, codec, rate, ext, ctype = _archive_format(target)
-    samples = 0
+def convert(source: Path, source_format: str, target: str, destination: Path, *, threads: int | None = None) -> Converted:
+    """Decode ``source`` (as served, ``source_format``) and encode it as ``target``, mono, into ``destination``.
+
+    ``threads``: encoder threads for a long Opus call (default: ``conversion_threads()``; 1 = serial).
+    """
+    fmt = _archive_format(target)
     try:
         with av.open(str(source), "r", format=_RAW_INPUTS.get(source_format)) as src:
             if not src.streams.audio:
                 raise AudioError("no audio stream in the recording")
             in_stream = src.streams.audio[0]
-            out_rate = rate or in_stream.codec_context.sample_rate or 8000
-            with av.open(str(destination), "w", format=container_fmt) as sink:
-                stream = sink.add_stream(codec, rate=out_rate)
-                stream.layout = "mono"
-                resampler = av.AudioResampler(format=stream.codec_context.format or "s16", layout="mono", rate=out_rate)
-                for frame in src.decode(in_stream):
-                    for piece in resampler.resample(frame):
-                        samples += piece.samples
-                        sink.mux(stream.encode(piece))
-                for piece in resampler.resample(None):
-                    samples += piece.samples
-                    sink.mux(stream.encode(piece))
-                sink.mux(stream.encode(None))
+            rate = output_rate(fmt, in_stream.codec_context.sample_rate)
+            if fmt.codec == "libopus":
+                samples = _to_opus(src, in_stream, fmt, rate, destination, threads or conversion_threads())
+            elif fmt.codec == "libmp3lame":
+                samples = _to_mp3(src, in_stream, fmt, rate, destination)
+            else:
+                samples = _to_pyav(src, in_stream, fmt, rate, destination)
     except av.FFmpegError as exc:
         raise AudioError(f"cannot decode the recording as {source_format}: {exc}") from None
     if samples == 0:
         raise AudioError("the recording has no audio samples")
     sha256, size = file_sha256(destination)
-    return Converted(destination, size, sha256, codec, container_fmt, ext, ctype, round(samples / out_rate, 3))
+    return Converted(destination, size, sha256, fmt.codec, fmt.container, fmt.extension, fmt.content_type, round(samples / rate, 3))
+
+
+def _pcm(src: av.container.InputContainer, in_stream: av.AudioStream, rate: int) -> Iterator[bytes]:
+    """The call as mono signed 16-bit PCM at ``rate``, a decoded frame's worth at a time."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    for frame in src.decode(in_stream):
+        for piece in resampler.resample(frame):
+            yield bytes(piece.planes[0])[: piece.samples * 2]
+    for piece in resampler.resample(None):
+        yield bytes(piece.planes[0])[: piece.samples * 2]
+
+
+def _s16_frame(pcm: bytes | bytearray | memoryview, rate: int, pts: int) -> av.AudioFrame:
+    frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+    frame.planes[0].update(pcm)
+    frame.sample_rate, frame.pts = rate, pts
+    return frame
+
+
+def _opus_encoder(fmt: ArchiveFormat, rate: int) -> av.AudioCodecContext:
+    codec = av.CodecContext.create(fmt.codec, "w")
+    codec.sample_rate, codec.layout, codec.format = rate, "mono", "s16"
+    codec.bit_rate = fmt.bit_rate
+    codec.options = dict(fmt.options)
+    codec.open()
+    return codec
+
+
+def _encode_chunk(fmt: ArchiveFormat, rate: int, pcm: bytes, start: int, preroll: int, last: bool) -> list[av.Packet]:
+    """Opus packets for the samples ``start..start+len`` of the call, the first ``preroll`` samples
+    of ``pcm`` only priming the encoder (their packets are dropped). Runs in a pool thread."""
+    encoder = _opus_encoder(fmt, rate)
+    second = rate * 2  # feed the encoder a second at a time (it cuts its own 20 ms frames)
+    first_pts = start - preroll
+    packets: list[av.Packet] = []
+    for offset in range(0, len(pcm), second):
+        piece = pcm[offset : offset + second]
+        packets += encoder.encode(_s16_frame(piece, rate, first_pts + offset // 2))
+    if last:
+        packets += encoder.encode(None)
+    skip = preroll // (rate * OPUS_FRAME_MS // 1000)  # one packet per 20 ms frame
+    return packets[skip:]
+
+
+def _to_opus(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path, threads: int) -> int:
+    """Chunks of the call encoded on ``threads`` threads, muxed in order by this thread."""
+    frame_samples = rate * OPUS_FRAME_MS // 1000
+    chunk_bytes = SEGMENT_SECONDS * rate * 2
+    preroll_bytes = PREROLL_FRAMES * frame_samples * 2
+    samples = 0
+    with av.open(str(destination), "w", format=fmt.container) as sink, ThreadPoolExecutor(
+        max_workers=threads, thread_name_prefix="opus"
+    ) as pool:
+        stream = sink.add_stream(fmt.codec, rate=rate)
+        stream.layout, stream.codec_context.format = "mono", "s16"
+        stream.bit_rate = fmt.bit_rate
+        stream.codec_context.options = dict(fmt.options)
+        pending: deque[Future[list[av.Packet]]] = deque()
+
+        def mux_ready(limit: int) -> None:
+            while pending and (len(pending) > limit or pending[0].done()):
+                for packet in pending.popleft().result():
+                    packet.stream = stream
+                    sink.mux(packet)
+
+        buffer, start, tail = bytearray(), 0, b""  # tail: the end of the chunk before, to prime the next
+        for pcm in _pcm(src, in_stream, rate):
+            buffer += pcm
+            while len(buffer) > chunk_bytes:  # more to come after this chunk: not the last
+                chunk = bytes(buffer[:chunk_bytes])
+                del buffer[:chunk_bytes]
+                pending.append(pool.submit(_encode_chunk, fmt, rate, tail + chunk, start, len(tail) // 2, False))
+                tail, start = chunk[-preroll_bytes:], start + chunk_bytes // 2
+                mux_ready(threads * 2)
+        samples = start + len(buffer) // 2
+        if samples:
+            pending.append(pool.submit(_encode_chunk, fmt, rate, tail + bytes(buffer), start, len(tail) // 2, True))
+        mux_ready(0)
+    return samples
+
+
+def _to_mp3(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path) -> int:
+    import lameenc
+
+    encoder = lameenc.Encoder()
+    encoder.set_bit_rate(fmt.bit_rate // 1000)
+    encoder.set_in_sample_rate(rate)
+    encoder.set_channels(1)
+    encoder.set_quality(int(fmt.options.get("compression_level", "3")))
+    samples = 0
+    with open(destination, "wb") as out:
+        batch = bytearray()
+        for pcm in _pcm(src, in_stream, rate):
+            batch += pcm
+            if len(batch) >= 1 << 16:  # ~4 s at 8 kHz per call into LAME
+                samples += len(batch) // 2
+                out.write(encoder.encode(bytes(batch)))
+                batch.clear()
+        if batch:
+            samples += len(batch) // 2
+            out.write(encoder.encode(bytes(batch)))
+        if samples:
+            out.write(encoder.flush())
+    return samples
+
+
+def _to_pyav(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path) -> int:
+    samples = 0
+    with av.open(str(destination), "w", format=fmt.container) as sink:
+        stream = sink.add_stream(fmt.codec, rate=rate)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.codec_context.format or "s16", layout="mono", rate=rate)
+        for frame in src.decode(in_stream):
+            for piece in resampler.resample(frame):
+                samples += piece.samples
+                sink.mux(stream.encode(piece))
+        for piece in resampler.resample(None):
+            samples += piece.samples
+            sink.mux(stream.encode(piece))
+        sink.mux(stream.encode(None))
+    return samples
