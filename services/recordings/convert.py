@@ -29,10 +29,13 @@ import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
 import av
+
+from services.recordings import libopus
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -61,7 +64,7 @@ ARCHIVE_FORMATS: dict[str, ArchiveFormat] = {
 }
 _RAW_INPUTS = {"gsm": "gsm"}  # served format -> demuxer to force
 CHUNK = 1 << 20  # bytes read at a time when hashing a file
-SEGMENT_SECONDS = 60  # a long call's Opus is encoded in chunks this long, in parallel
+SEGMENT_SECONDS = 15  # a long call's Opus is encoded in chunks this long, in parallel
 PREROLL_FRAMES = 10  # 20 ms frames of audio before a chunk that prime its encoder (then dropped)
 OPUS_FRAME_MS = 20  # libopus's default frame duration (the ffmpeg CLI's too)
 
@@ -158,13 +161,6 @@ def _pcm(src: av.container.InputContainer, in_stream: av.AudioStream, rate: int)
         yield bytes(piece.planes[0])[: piece.samples * 2]
 
 
-def _s16_frame(pcm: bytes | bytearray | memoryview, rate: int, pts: int) -> av.AudioFrame:
-    frame = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
-    frame.planes[0].update(pcm)
-    frame.sample_rate, frame.pts = rate, pts
-    return frame
-
-
 def _opus_encoder(fmt: ArchiveFormat, rate: int) -> av.AudioCodecContext:
     codec = av.CodecContext.create(fmt.codec, "w")
     codec.sample_rate, codec.layout, codec.format = rate, "mono", "s16"
@@ -174,56 +170,81 @@ def _opus_encoder(fmt: ArchiveFormat, rate: int) -> av.AudioCodecContext:
     return codec
 
 
-def _encode_chunk(fmt: ArchiveFormat, rate: int, pcm: bytes, start: int, preroll: int, last: bool) -> list[av.Packet]:
-    """Opus packets for the samples ``start..start+len`` of the call, the first ``preroll`` samples
-    of ``pcm`` only priming the encoder (their packets are dropped). Runs in a pool thread."""
-    encoder = _opus_encoder(fmt, rate)
-    second = rate * 2  # feed the encoder a second at a time (it cuts its own 20 ms frames)
-    first_pts = start - preroll
-    packets: list[av.Packet] = []
-    for offset in range(0, len(pcm), second):
-        piece = pcm[offset : offset + second]
-        packets += encoder.encode(_s16_frame(piece, rate, first_pts + offset // 2))
+def _encode_chunk(fmt: ArchiveFormat, rate: int, pcm: bytearray, preroll: int, last: bool) -> tuple[int, list[bytes]]:
+    """(the encoder's lookahead, the Opus packets) for ``pcm`` (whole 20 ms frames but for the call's
+    last), whose first ``preroll`` frames only prime the encoder: their packets are dropped.
+    Runs in a pool thread; the GIL is released while libopus encodes."""
+    frame = rate * OPUS_FRAME_MS // 1000
+    lib = libopus.load()
+    if lib is not None:
+        encoder = libopus.Encoder(lib, rate, fmt.bit_rate, frame)
+        try:
+            if last:  # pad to whole frames that cover the lookahead too: the last samples come out
+                wanted = -(-(len(pcm) // 2 + encoder.lookahead) // frame) * frame
+                pcm += bytes(2 * wanted - len(pcm))
+            return encoder.lookahead, encoder.encode(pcm)[preroll:]
+        finally:
+            encoder.close()
+    codec = _opus_encoder(fmt, rate)  # no libopus to call: PyAV's encoder, same library, same packets
+    packets = []
+    for offset in range(0, len(pcm), rate * 2):  # a second at a time; PyAV cuts the 20 ms frames
+        piece = pcm[offset : offset + rate * 2]
+        audio = av.AudioFrame(format="s16", layout="mono", samples=len(piece) // 2)
+        audio.planes[0].update(bytes(piece))
+        audio.sample_rate, audio.pts = rate, offset // 2
+        packets += codec.encode(audio)
     if last:
-        packets += encoder.encode(None)
-    skip = preroll // (rate * OPUS_FRAME_MS // 1000)  # one packet per 20 ms frame
-    return packets[skip:]
+        packets += codec.encode(None)
+    lookahead = -packets[0].pts if packets else 0
+    return lookahead, [bytes(p) for p in packets[preroll:]]
 
 
 def _to_opus(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path, threads: int) -> int:
-    """Chunks of the call encoded on ``threads`` threads, muxed in order by this thread."""
-    frame_samples = rate * OPUS_FRAME_MS // 1000
-    chunk_bytes = SEGMENT_SECONDS * rate * 2
-    preroll_bytes = PREROLL_FRAMES * frame_samples * 2
-    samples = 0
+    """Chunks of the call encoded on ``threads`` threads, muxed in order by this thread.
+
+    Packet ``k`` of the call covers the samples ``k*frame - lookahead`` to ``(k+1)*frame - lookahead``
+    (what FFmpeg's own libopus wrapper stamps), the last one only up to the call's end.
+    """
+    frame = rate * OPUS_FRAME_MS // 1000
+    chunk_bytes = SEGMENT_SECONDS * rate * 2  # a whole number of frames
+    preroll_bytes = PREROLL_FRAMES * frame * 2
+    time_base = Fraction(1, rate)
+    samples, muxed = 0, 0
     with av.open(str(destination), "w", format=fmt.container) as sink, ThreadPoolExecutor(
         max_workers=threads, thread_name_prefix="opus"
     ) as pool:
-        stream = sink.add_stream(fmt.codec, rate=rate)
+        stream = sink.add_stream(fmt.codec, rate=rate)  # its header (OpusHead) comes from the same libopus
         stream.layout, stream.codec_context.format = "mono", "s16"
         stream.bit_rate = fmt.bit_rate
         stream.codec_context.options = dict(fmt.options)
-        pending: deque[Future[list[av.Packet]]] = deque()
+        sink.start_encoding()
+        pending: deque[Future[tuple[int, list[bytes]]]] = deque()
 
-        def mux_ready(limit: int) -> None:
+        def mux_ready(limit: int, total: int | None = None) -> None:
+            nonlocal muxed
             while pending and (len(pending) > limit or pending[0].done()):
-                for packet in pending.popleft().result():
-                    packet.stream = stream
-                    sink.mux(packet)
+                lookahead, packets = pending.popleft().result()
+                for data in packets:
+                    packet = av.Packet(data)
+                    packet.pts = packet.dts = muxed * frame - lookahead
+                    packet.duration = min(frame, total - packet.pts) if total is not None and not pending else frame
+                    packet.time_base, packet.stream = time_base, stream
+                    sink.mux_one(packet)
+                    muxed += 1
 
         buffer, start, tail = bytearray(), 0, b""  # tail: the end of the chunk before, to prime the next
         for pcm in _pcm(src, in_stream, rate):
             buffer += pcm
             while len(buffer) > chunk_bytes:  # more to come after this chunk: not the last
-                chunk = bytes(buffer[:chunk_bytes])
+                chunk = tail + buffer[:chunk_bytes]
                 del buffer[:chunk_bytes]
-                pending.append(pool.submit(_encode_chunk, fmt, rate, tail + chunk, start, len(tail) // 2, False))
-                tail, start = chunk[-preroll_bytes:], start + chunk_bytes // 2
+                pending.append(pool.submit(_encode_chunk, fmt, rate, bytearray(chunk), len(tail) // (2 * frame), False))
+                tail, start = bytes(chunk[-preroll_bytes:]), start + chunk_bytes // 2
                 mux_ready(threads * 2)
         samples = start + len(buffer) // 2
         if samples:
-            pending.append(pool.submit(_encode_chunk, fmt, rate, tail + bytes(buffer), start, len(tail) // 2, True))
-        mux_ready(0)
+            pending.append(pool.submit(_encode_chunk, fmt, rate, bytearray(tail + buffer), len(tail) // (2 * frame), True))
+        mux_ready(0, samples)
     return samples
 
 
