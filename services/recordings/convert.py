@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 import av
+from av.packet import PacketSideData
 
 from services.recordings import libopus
 
@@ -67,6 +68,8 @@ CHUNK = 1 << 20  # bytes read at a time when hashing a file
 SEGMENT_SECONDS = 15  # a long call's Opus is encoded in chunks this long, in parallel
 PREROLL_FRAMES = 10  # 20 ms frames of audio before a chunk that prime its encoder (then dropped)
 OPUS_FRAME_MS = 20  # libopus's default frame duration (the ffmpeg CLI's too)
+SKIP_SAMPLES = 11  # AV_PKT_DATA_SKIP_SAMPLES in FFmpeg's AVPacketSideDataType
+BITEXACT = {"fflags": "+bitexact"}  # the same call gives the same archive bytes (Ogg's serial number is not random)
 
 
 def conversion_threads() -> int:
@@ -210,7 +213,7 @@ def _to_opus(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path, t
     preroll_bytes = PREROLL_FRAMES * frame * 2
     time_base = Fraction(1, rate)
     samples, muxed = 0, 0
-    with av.open(str(destination), "w", format=fmt.container) as sink, ThreadPoolExecutor(
+    with av.open(str(destination), "w", format=fmt.container, container_options=BITEXACT) as sink, ThreadPoolExecutor(
         max_workers=threads, thread_name_prefix="opus"
     ) as pool:
         stream = sink.add_stream(fmt.codec, rate=rate)  # its header (OpusHead) comes from the same libopus
@@ -248,34 +251,100 @@ def _to_opus(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path, t
     return samples
 
 
+# MPEG audio layer III frame headers: bitrates (kb/s) and sample rates by version (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5)
+_MP3_BITRATES = {3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)}
+_MP3_BITRATES[2] = _MP3_BITRATES[0] = (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
+_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+LAME_DELAY = 576 + 529  # LAME's encoder delay + the MP3 decoder's: the samples before the call's first
+
+
+def _mp3_frames(data: bytearray) -> Iterator[bytes]:
+    """Cut the whole MP3 frames off the front of ``data`` (LAME's output, frame after frame)."""
+    offset = 0
+    while len(data) - offset >= 4:
+        header = int.from_bytes(data[offset : offset + 4], "big")
+        if header >> 21 != 0x7FF:
+            raise AudioError("LAME wrote something that is not an MP3 frame")
+        version = (header >> 19) & 3
+        bit_rate = _MP3_BITRATES[version][(header >> 12) & 15] * 1000
+        rate = _MP3_RATES[version][(header >> 10) & 3]
+        size = (144 if version == 3 else 72) * bit_rate // rate + ((header >> 9) & 1)
+        if len(data) - offset < size:
+            break
+        yield bytes(data[offset : offset + size])
+        offset += size
+    del data[:offset]
+
+
+def _skip_samples(start: int, end: int) -> PacketSideData:
+    """FFmpeg's "skip samples" side data: from it the MP3 muxer writes the LAME tag's delay and padding."""
+    side = PacketSideData(SKIP_SAMPLES, 10)
+    side.update(start.to_bytes(4, "little") + end.to_bytes(4, "little") + bytes(2))
+    return side
+
+
 def _to_mp3(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path) -> int:
+    """LAME (``lameenc``) encodes; FFmpeg's MP3 muxer writes its frames after a Xing/LAME "Info" tag
+    that tells decoders the encoder's delay and padding, so the archive decodes to the call's exact
+    samples (what the ffmpeg CLI writes too)."""
     import lameenc
 
     encoder = lameenc.Encoder()
     encoder.set_bit_rate(fmt.bit_rate // 1000)
     encoder.set_in_sample_rate(rate)
+    encoder.set_out_sample_rate(rate)
     encoder.set_channels(1)
     encoder.set_quality(int(fmt.options.get("compression_level", "3")))
-    samples = 0
-    with open(destination, "wb") as out:
-        batch = bytearray()
+    frame = 1152 if rate >= 32000 else 576  # samples per MP3 frame (MPEG-1 or MPEG-2/2.5)
+    time_base = Fraction(1, rate)
+    samples, muxed = 0, 0
+    with av.open(str(destination), "w", format=fmt.container, container_options=BITEXACT) as sink:
+        stream = sink.add_stream(fmt.codec, rate=rate)  # never fed: the muxer wants its parameters
+        stream.layout = "mono"
+        stream.bit_rate = fmt.bit_rate
+        sink.start_encoding()
+        held: bytes | None = None  # the last frame, muxed at the end with the padding to skip
+
+        def mux(data: bytes, side: PacketSideData | None = None) -> None:
+            nonlocal muxed
+            packet = av.Packet(data)
+            packet.pts = packet.dts = muxed * frame
+            packet.duration, packet.time_base, packet.stream = frame, time_base, stream
+            if side is not None:
+                packet.set_sidedata(side)
+            sink.mux_one(packet)
+            muxed += 1
+
+        def mux_frames(out: bytearray) -> None:
+            nonlocal held
+            for data in _mp3_frames(out):
+                if held is not None:
+                    mux(held, _skip_samples(LAME_DELAY, 0) if muxed == 0 else None)
+                held = data
+
+        out, batch = bytearray(), bytearray()
         for pcm in _pcm(src, in_stream, rate):
             batch += pcm
-            if len(batch) >= 1 << 16:  # ~4 s at 8 kHz per call into LAME
+            if len(batch) >= 1 << 16:  # ~4 s at 8 kHz per call into LAME (which releases the GIL)
                 samples += len(batch) // 2
-                out.write(encoder.encode(bytes(batch)))
+                out += encoder.encode(bytes(batch))
                 batch.clear()
+                mux_frames(out)
         if batch:
             samples += len(batch) // 2
-            out.write(encoder.encode(bytes(batch)))
+            out += encoder.encode(bytes(batch))
         if samples:
-            out.write(encoder.flush())
+            out += encoder.flush()
+            mux_frames(out)
+            if held is not None:
+                padding = (muxed + 1) * frame - samples - LAME_DELAY
+                mux(held, _skip_samples(LAME_DELAY if muxed == 0 else 0, max(padding, 0)))
     return samples
 
 
 def _to_pyav(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path) -> int:
     samples = 0
-    with av.open(str(destination), "w", format=fmt.container) as sink:
+    with av.open(str(destination), "w", format=fmt.container, container_options=BITEXACT) as sink:
         stream = sink.add_stream(fmt.codec, rate=rate)
         stream.layout = "mono"
         resampler = av.AudioResampler(format=stream.codec_context.format or "s16", layout="mono", rate=rate)
