@@ -242,7 +242,7 @@ def _to_opus(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path, t
                 chunk = tail + buffer[:chunk_bytes]
                 del buffer[:chunk_bytes]
                 pending.append(pool.submit(_encode_chunk, fmt, rate, bytearray(chunk), len(tail) // (2 * frame), False))
-                tail, start = bytes(chunk[-preroll_bytes:]), start + chunk_bytes // 2
+                tail, start = bytes(chunk[len(chunk) - preroll_bytes :]), start + chunk_bytes // 2
                 mux_ready(threads * 2)
         samples = start + len(buffer) // 2
         if samples:
