@@ -5,21 +5,30 @@ raw GSM 06.10 (uContact's ``.gsm``) has no header and must be opened as ``gsm`` 
 Both ends are files: a long call is read and written a chunk at a time, never held whole in
 memory (bytes in, bytes out held a 30-minute call two or three times over).
 
-Where the time goes, and what this module does about it (``bench/bench_convert.py`` measures it):
+Where the time goes, and what this module does about it (``bench/bench_convert.py`` measures it
+against the ffmpeg CLI with the same settings; README "Benchmarks" has the figures):
 
-- **Encoding is nearly all of it.** Decoding a FLAC/MP3 call and muxing the archive are a few per cent.
-- **Opus keeps the call's own sample rate** when Opus supports it (8, 12, 16, 24, 48 kHz): telephony
+- **Encoding is nearly all of it.** Decoding a FLAC/MP3 call and muxing the archive are ~10%.
+- **Opus keeps the call's own sample rate** when Opus takes it (8, 12, 16, 24, 48 kHz): telephony
   audio is 8 or 16 kHz, and resampling it to 48 kHz first cost a resampler pass and made libopus
-  encode a signal six times as long (~1.7x the CPU for the same audio; the Ogg header still
-  says 48 kHz playback, as every Opus stream does).
-- **A long call's Opus is encoded in parallel**: the decoded call is cut into ``SEGMENT_SECONDS``
-  chunks, each encoded by its own libopus encoder on a thread pool (PyAV releases the GIL inside the
-  codec), primed with ``PREROLL_FRAMES`` of the audio before the chunk so the packets joined at the
-  seams decode as one continuous stream; the packets are muxed in order, as the chunks complete.
-  Only a few chunks are in flight, so memory stays flat however long the call is.
+  encode a signal six times as long (~1.7x the CPU for the same audio; an Opus stream's header
+  still says 48 kHz playback, as every Opus stream does). 32 kb/s, not FFmpeg's default 64.
+- **Opus is encoded by libopus directly** (``libopus.py``: PyAV's own bundled library, called with
+  ctypes): the same packets, byte for byte, as through PyAV, without its per-20-ms-frame filter
+  graph, Frame and Packet objects (~15-20% of the CPU). PyAV only decodes and muxes.
+- **A long call's Opus is encoded in parallel chunks**: the decoded call is cut into
+  ``SEGMENT_SECONDS`` chunks, each encoded by its own libopus encoder on a thread pool (the GIL is
+  released while libopus encodes), primed with ``PREROLL_FRAMES`` frames of the audio before the
+  chunk whose packets are dropped, so the packets joined at a seam decode as one continuous stream
+  (tested against the call encoded in one piece). Packets are muxed in order as chunks complete;
+  only a few chunks are in flight, so memory stays flat however long the call is. This pays where
+  the machine has an idle core; on a saturated one it costs nothing.
 - **MP3 goes through LAME directly** (``lameenc``): PyAV's bundled libmp3lame costs ~3.5x the CPU
-  of the same LAME at the same settings. MP3 is not cut into parallel chunks: LAME's bit
-  reservoir makes a frame borrow bytes of the frames before it, so a seam would corrupt a frame.
+  of the same LAME at the same settings. FFmpeg's MP3 muxer still writes the file, with the
+  Xing/LAME "Info" tag that tells decoders LAME's delay and padding (so the archive decodes to the
+  call's exact samples). MP3 is not cut into parallel chunks: LAME's bit reservoir makes a frame
+  borrow bytes of the frames before it, so a seam would corrupt a frame.
+- The archive is bit-exact (``fflags=+bitexact``): the same call gives the same bytes and SHA-256.
 """
 
 from __future__ import annotations
