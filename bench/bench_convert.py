@@ -16,7 +16,8 @@ other, alternating which goes first, each in its own process:
   start-up on every file) and its peak RSS comes from ``wait4``;
 - pbxbridge: a Python process that imports the converter, then converts the way the worker does,
   ``activities.convert_audio`` (``asyncio.to_thread``) on a running event loop, while a heartbeat
-  task measures the loop's longest stall; the time is the conversion's wall time (a worker converts
+  task measures the loop's longest stall (and, for 0.5 s before, the stall with nothing converting:
+  the machine's own noise); the time is the conversion's wall time (a worker converts
   many calls in one process), and the process's start-up is printed beside it; peak RSS is the
   process's ``VmHWM``.
 Medians over rounds; ``ratio`` is pbxbridge's speed over ffmpeg's (>1: pbxbridge is faster);
@@ -65,6 +66,8 @@ async def main():
             stall = max(stall, now - last - 0.005)
             last = now
     beat = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0.5)  # the loop's stalls with nothing converting: what the machine alone does
+    idle, stall = stall, 0.0
     audio = activities.SpooledAudio(source, fmt, "bench", source.stat().st_size)
     t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     converted = await activities.convert_audio(activities.Conversion(audio, target, into))
@@ -73,11 +76,11 @@ async def main():
     cpu = u.ru_utime + u.ru_stime - c.ru_utime - c.ru_stime
     done = True
     await beat
-    return seconds, cpu, stall, converted
+    return seconds, cpu, idle, stall, converted
 
-seconds, cpu, stall, converted = asyncio.run(main())
+seconds, cpu, idle, stall, converted = asyncio.run(main())
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"seconds": seconds, "cpu": cpu, "startup": startup, "stall": stall, "rss_kb": hwm,
+print(json.dumps({"seconds": seconds, "cpu": cpu, "startup": startup, "stall": stall, "idle_stall": idle, "rss_kb": hwm,
                   "duration": converted.duration_seconds, "size": converted.size}))
 """
 
@@ -231,7 +234,7 @@ def main() -> None:
         med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
         print()
         print(f"{'case':<22} {'ffmpeg s':>9} {'pbx s':>8} {'ratio':>6} {'ffmpeg xRT':>10} {'pbx xRT':>8} "
-              f"{'ffmpeg cpu':>10} {'pbx cpu':>8} {'cpu xRT f/p':>11} {'ffmpeg RSS':>10} {'pbx RSS':>8} {'stall ms':>8} {'pbx start':>9} {'runs':>4}")
+              f"{'ffmpeg cpu':>10} {'pbx cpu':>8} {'cpu xRT f/p':>11} {'ffmpeg RSS':>10} {'pbx RSS':>8} {'stall ms':>8} {'idle ms':>7} {'pbx start':>9} {'runs':>4}")
         for label, seconds, *_ in cases:
             pbx, ff = results[label]["pbx"], results[label]["ffmpeg"]
             p_s = med(pbx, "seconds")
@@ -243,10 +246,12 @@ def main() -> None:
             else:
                 row += f"{'-':>9} {p_s:>8.3f} {'-':>6} {'-':>10} {seconds / p_s:>8.0f} {'-':>10} {med(pbx, 'cpu'):>8.2f} {'-':>5}/{seconds / med(pbx, 'cpu'):<5.0f} {'-':>10} "
             row += f"{max(r['rss_kb'] for r in pbx) / 1024:>6.0f}MB {max(r['stall'] for r in pbx) * 1000:>8.1f} "
+            row += f"{max(r.get('idle_stall', 0) for r in pbx) * 1000:>7.1f} "
             row += f"{med(pbx, 'startup'):>8.2f}s {len(pbx):>4}"
             print(row)
         print("ratio = ffmpeg s / pbx s (pbxbridge's speed relative to the CLI); RSS = peak of the converting process;")
-        print("stall = the event loop's longest stall while pbxbridge converted; pbx start = its interpreter+import time (not counted)")
+        print("stall = the event loop's longest stall while pbxbridge converted (max over runs), idle = the same for 0.5 s before")
+        print("it (the machine's own noise); pbx start = the converting process's interpreter+import time (not counted)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
