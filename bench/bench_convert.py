@@ -249,6 +249,10 @@ def main() -> None:
             row += f"{max(r.get('idle_stall', 0) for r in pbx) * 1000:>7.1f} "
             row += f"{med(pbx, 'startup'):>8.2f}s {len(pbx):>4}"
             print(row)
+        for label, *_ in cases:
+            runs = results[label]["pbx"]
+            print(f"  {label}: loop stall per run (ms) {[round(r['stall'] * 1000) for r in runs]}, "
+                  f"idle {[round(r.get('idle_stall', 0) * 1000) for r in runs]}")
         print("ratio = ffmpeg s / pbx s (pbxbridge's speed relative to the CLI); RSS = peak of the converting process;")
         print("stall = the event loop's longest stall while pbxbridge converted (max over runs), idle = the same for 0.5 s before")
         print("it (the machine's own noise); pbx start = the converting process's interpreter+import time (not counted)")
