@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
+
+from pydantic import Field, create_model
 
 from pbxbridge.bus.envelope import schema_uri
 from pbxbridge.bus.outcomes import DEAD_LETTER_TYPE, DeadLetterData
-from pbxbridge.commands import NEUTRAL_COMMANDS, RESULT_TYPE, Result
+from pbxbridge.commands import NEUTRAL_COMMANDS, RESULT_TYPE, BinaryResult, NeutralCommand, RecordingFetch, Result
 from pbxbridge.events import EVENT_TYPES, EventData, FeedHealth, RecordingArchived, StateChangeData
 from pbxbridge.feeds import StateFeed, feeds_of
-from pbxbridge.recordings import RECORDING_JOB_TYPE, RecordingJob
+from pbxbridge.recordings import RECORDING_JOB_TYPE, RecordingFetched, RecordingJob
 from pbxbridge.vendors import all_vendors, optional_module
+from pbxbridge.vendors.operation import Operation
 
 
 def operations() -> list[dict[str, Any]]:
@@ -23,8 +26,69 @@ def operations() -> list[dict[str, Any]]:
     return [op.describe() | {"exposed": op.exposed} for v in all_vendors() for op in v.operations.values()]
 
 
+def _discriminator_as_name(node: Any) -> Any:
+    """Pydantic writes OpenAPI's ``discriminator`` object ({propertyName, mapping}) for a tagged
+    union; AsyncAPI's schema format wants the property's name (JSON Schema ignores either)."""
+    if isinstance(node, dict):
+        return {k: (v["propertyName"] if k == "discriminator" and isinstance(v, dict) and "propertyName" in v
+                    else _discriminator_as_name(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_discriminator_as_name(v) for v in node]
+    return node
+
+
 def _schema(ce_type: str, body: dict[str, Any], title: str) -> dict[str, Any]:
+    body = _discriminator_as_name(body)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": schema_uri(ce_type), "title": title, **body}
+
+
+def command_type(vendor: str, op: Operation) -> str:
+    """The ``ce-type`` of a vendor operation's command (``sdk.command_event`` sends it)."""
+    return f"pbx.command.{vendor}.{op.command}.v1"
+
+
+def operation_result_type(vendor: str, op: Operation) -> str:
+    """The name of the schema of ``op``'s result (the wire's ``ce-type`` stays ``pbx.result.v1``)."""
+    return f"pbx.result.{vendor}.{op.command}.v1"
+
+
+def neutral_result_type(command: type[NeutralCommand]) -> str:
+    return f"pbx.result.{command.command}.v{command.version}"
+
+
+def _result_model(name: str, command: str, reply: Any, description: str, vendor: str | None = None) -> type[Result]:
+    """The Result envelope with ``result`` narrowed to ``reply`` (null when the command did not succeed)."""
+    fields: dict[str, Any] = {
+        "command": (Literal[command], ...),
+        "result": (Optional[reply], Field(None, description=description)),
+    }
+    if vendor is not None:
+        fields["vendor"] = (Literal[vendor], ...)
+    return create_model(name, __base__=Result, **fields)
+
+
+def operation_result_schema(op: Operation) -> dict[str, Any]:
+    """The Result of a command ``op.<Name>``: ``result`` is the operation's reply as the commander
+    publishes it (``result_value``: models by alias, a file as ``BinaryResult``)."""
+    reply = BinaryResult if op.returns_bytes else op.response
+    model = _result_model(f"{op.name}Result", op.command, reply, f"{op.name}'s reply when status is succeeded, else null",
+                          vendor=op.vendor)
+    return model.model_json_schema(by_alias=True, mode="serialization")
+
+
+def neutral_result_schema(command: type[NeutralCommand]) -> dict[str, Any]:
+    """The Result of a vendor-neutral command. ``recording.fetch`` ends with the archive's facts;
+    the others with the reply of the operation the vendor maps them onto (see that operation's
+    result schema), which differs between vendors."""
+    if command is RecordingFetch:
+        reply: Any = RecordingFetched
+        description = "the archived recording when status is succeeded, else null"
+    else:
+        reply = Any
+        description = ("when status is succeeded, the reply of the vendor operation this command maps onto "
+                       "(schemas/results/<vendor>/), else null")
+    model = _result_model(f"{command.__name__}Result", command.command, reply, description)
+    return model.model_json_schema(by_alias=True, mode="serialization")
 
 
 def schemas() -> dict[str, dict[str, Any]]:
@@ -40,12 +104,17 @@ def schemas() -> dict[str, dict[str, Any]]:
         for op in vendor.operations.values():
             if not op.exposed:
                 continue
-            t = f"pbx.command.{vendor.name}.{op.command}.v1"
+            t = command_type(vendor.name, op)
             body = op.request_schema()
             if op.example:
                 body = {**body, "examples": [op.example]}
             out[f"commands/{vendor.name}/{t}.json"] = _schema(t, body, f"{vendor.title}: {op.name}")
+            r = operation_result_type(vendor.name, op)
+            out[f"results/{vendor.name}/{r}.json"] = _schema(r, operation_result_schema(op), f"{vendor.title}: {op.name} result")
     out[f"results/{RESULT_TYPE}.json"] = _schema(RESULT_TYPE, Result.model_json_schema(), "command result")
+    for name, command in NEUTRAL_COMMANDS.items():
+        r = neutral_result_type(command)
+        out[f"results/neutral/{r}.json"] = _schema(r, neutral_result_schema(command), f"{name} result")
     out[f"dead-letters/{DEAD_LETTER_TYPE}.json"] = _schema(DEAD_LETTER_TYPE, DeadLetterData.model_json_schema(), "dead letter")
     out[f"jobs/{RECORDING_JOB_TYPE}.json"] = _schema(RECORDING_JOB_TYPE, RecordingJob.model_json_schema(), "recordings job")
     return out

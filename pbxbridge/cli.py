@@ -62,9 +62,10 @@ def serve_function(name: str):
     return importlib.import_module(f"services.{name}.worker").serve
 
 
-async def run_services(names: list[str], config, bus, stop: asyncio.Event) -> None:
-    """Run the named services until ``stop``; if one fails, stop the others and re-raise."""
-    tasks = [asyncio.create_task(serve_function(n)(config, bus, stop), name=n) for n in names]
+async def run_services(names: list[str], config, bus, stop: asyncio.Event, health=None) -> None:
+    """Run the named services until ``stop``; if one fails, stop the others and re-raise.
+    ``health``: the process's ``pbxbridge.health.Health``, where each registers its readiness."""
+    tasks = [asyncio.create_task(serve_function(n)(config, bus, stop, health=health), name=n) for n in names]
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     stop.set()
@@ -121,8 +122,9 @@ def run(
     config: Annotated[Optional[Path], typer.Option(help="accounts file (TOML); default PBX_CONFIG")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run workers against the configured accounts (embedded NATS when PBX_NATS_URL is unset)."""
-    _logging(verbose)
+    """Run workers against the configured accounts (embedded NATS when PBX_NATS_URL is unset).
+
+    One process serves /healthz, /readyz and /metrics on PBX_HEALTH_PORT (9464; 0: a free one)."""
     try:
         cfg = load_config(config)
     except ConfigError as exc:
@@ -130,20 +132,85 @@ def run(
     if not cfg.accounts:
         _fail("no accounts configured: pass --config or set PBX_CONFIG (see examples/pbxbridge.toml)")
     names = list(SERVICES) if service is Service.all else [service.value]
-    from pbxbridge import telemetry
+    from pbxbridge.service import prepare_process, worker_process
 
-    telemetry.setup(service.value)
+    prepare_process(service.value, cfg.settings, verbose=verbose, datefmt="%H:%M:%S")
 
     async def main() -> None:
-        from pbxbridge.bus import open_bus
-
         stop = asyncio.Event()
         _stop_on_signals(stop)
-        async with open_bus(cfg.settings, name=f"pbxbridge-{service.value}") as bus:
+        async with worker_process(service.value, cfg.settings) as (bus, health):
             log.info("running %s on %s for %d account(s)", ", ".join(names), bus.display_url, len(cfg.accounts))
-            await run_services(names, cfg, bus, stop)
+            await run_services(names, cfg, bus, stop, health)
 
-    asyncio.run(main())
+    from pbxbridge.bus import NotProvisioned
+
+    try:
+        asyncio.run(main())
+    except (NotProvisioned, ConfigError) as exc:  # PBX_PROVISION=verify found a gap; a credential file is unusable
+        _fail(str(exc))
+
+
+@app.command()
+def provision(
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the NATS cluster")] = 30.0,
+) -> None:
+    """Create or update the streams, KV buckets, object store and the workers' consumers, then exit.
+
+    Run it once per deployment and upgrade, as a NATS user allowed the JetStream API (``admin`` in
+    deploy/nats/); the workers, with PBX_PROVISION=verify, then only check that it was done."""
+    _logging(False)
+    settings = _settings()
+    if not settings.nats_url:
+        _fail("PBX_NATS_URL is not set: provisioning is for a NATS cluster (an embedded server is set up by the workers)")
+    from pbxbridge.bus import BusUnreachable, connect_nats
+    from pbxbridge.bus.connection import nats_connection
+    from pbxbridge.bus.infra import provision as provision_bus
+
+    async def main() -> None:
+        nc = await connect_nats(nats_connection(settings), name="pbxbridge-provision", timeout=timeout)
+        try:
+            for done in await provision_bus(nc.jetstream(timeout=timeout), settings):
+                typer.echo(str(done))
+        finally:
+            await nc.close()
+
+    try:
+        asyncio.run(main())
+    except (BusUnreachable, ConfigError) as exc:
+        _fail(str(exc))
+    except TimeoutError as exc:  # nats-py's TimeoutError is one too: a JetStream request refused or lost
+        _fail(f"JetStream did not answer ({type(exc).__name__}): is this NATS user allowed the JetStream API (the admin user)?")
+
+
+@app.command()
+def health(
+    url: Annotated[Optional[str], typer.Option(help="default: http://127.0.0.1:$PBX_HEALTH_PORT/readyz")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the answer")] = 4.0,
+) -> None:
+    """Is the worker on this machine ready? Exit 0 if so, 1 if not, with one line saying why."""
+    import httpx
+
+    if url is None:
+        port = _settings().health_port
+        if port == 0:
+            _fail("PBX_HEALTH_PORT=0: the worker picked a free port (it logs it): pass --url")
+        url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        response = httpx.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        typer.echo(f"not ready: no answer from {url}: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        report = response.json()
+    except ValueError:
+        report = {}
+    reason = report.get("reason") if isinstance(report, dict) else None
+    if response.status_code == 200:
+        typer.echo(f"ready ({report.get('status', 'ok')}{': ' + reason if reason else ''})")
+        return
+    typer.echo(f"not ready: HTTP {response.status_code}: {reason or response.text[:200]}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -190,9 +257,14 @@ def _refuse_session_operation(vendor: str, command: str) -> None:
 async def _connect(settings: Settings, name: str, timeout: float) -> NatsClient:
     """A NATS connection for a one-shot command, or one line saying which URL did not answer."""
     from pbxbridge.bus import BusUnreachable, connect_nats
+    from pbxbridge.bus.connection import nats_connection
 
     try:
-        return await connect_nats(client_url(settings), name=name, timeout=timeout)
+        # With PBX_NATS_URL: its servers, with the credentials and TLS the settings name.
+        target = nats_connection(settings) if settings.nats_url else client_url(settings)
+        return await connect_nats(target, name=name, timeout=timeout)
+    except ConfigError as exc:
+        _fail(str(exc))
     except BusUnreachable as exc:
         _fail(f"{exc}; {DEMO_HINT}")
 
@@ -381,6 +453,145 @@ def docs(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         typer.echo(f"wrote {path}")
+
+
+
+@app.command("asyncapi")
+def asyncapi_document(
+    out: Annotated[Path, typer.Option(help="AsyncAPI document to write")] = Path("docs/asyncapi.json"),
+    schemas_dir: Annotated[Path, typer.Option("--schemas", help="the folder `pbxbridge schemas` writes; "
+                                              "payloads reference it relative to the document")] = Path("schemas"),
+) -> None:
+    """Write the AsyncAPI 3 document of every subject: events, commands, results, dead letters, jobs."""
+    from pbxbridge import asyncapi
+
+    asyncapi.write(out, schemas_dir)
+    typer.echo(f"wrote {out}")
+
+
+# ---- backfill: a log feed's history into the bus (services/poller/backfill.py) ---------------
+
+def _instant(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 date or date-time; without an offset it is UTC."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option}: {value!r} is not a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS] with an optional offset)")
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+class _BackfillDisplay:
+    """A progress bar on a terminal; elsewhere (a log) a line every few seconds. Both end with a summary."""
+
+    every = 5.0  # seconds between lines when stdout is not a terminal
+
+    def __init__(self, label: str) -> None:
+        self.label, self.bar, self.shown, self.last_line = label, None, 0, 0.0
+        self.progress = None
+
+    @staticmethod
+    def counts(p) -> str:
+        eta = f", ETA {timedelta(seconds=round(p.eta))}" if p.eta is not None and not p.done else ""
+        return (f"read {p.read}, published {p.published}, already on the bus {p.on_bus}, "
+                f"{p.rate:.0f} events/s{eta}")
+
+    def __call__(self, progress) -> None:
+        self.progress = progress
+        permille = int(1000 * (progress.position - progress.since) / max(progress.until - progress.since, 1e-9))
+        if sys.stdout.isatty():
+            if self.bar is None:
+                self.bar = typer.progressbar(length=1000, label=self.label, show_eta=False,
+                                             item_show_func=lambda p: self.counts(p) if p else None)
+                self.bar.__enter__()
+            self.bar.update(max(permille - self.shown, 0), progress)
+            self.shown = max(permille, self.shown)
+        elif time.monotonic() - self.last_line >= self.every:
+            self.last_line = time.monotonic()
+            typer.echo(f"{self.label}: {permille / 10:.1f}% {self.counts(progress)}")
+
+    def close(self, outcome: str) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        if self.progress is not None:
+            typer.echo(f"{self.label}: {outcome}: {self.counts(self.progress)}")
+
+
+@app.command()
+def backfill(
+    vendor: Annotated[str, typer.Argument(help="e.g. yemot")],
+    account: Annotated[str, typer.Argument(help="the account's id in the accounts config")],
+    feed: Annotated[str, typer.Argument(help="a log feed's name (or its event's), e.g. sms")],
+    since: Annotated[str, typer.Option(help="from this instant, ISO 8601 (UTC unless it has an offset)")],
+    until: Annotated[Optional[str], typer.Option(help="up to this instant, excluded (default: when first run)")] = None,
+    slice_hours: Annotated[float, typer.Option(min=0.001, help="hours of history per fetch")] = 24.0,
+    config: Annotated[Optional[Path], typer.Option(help="accounts file (TOML); default PBX_CONFIG")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the connection")] = 10.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Read a log feed's history into the bus, with the live feed's ids; interrupted, the same command continues."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    start, end = _instant(since, "--since"), _instant(until, "--until")
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from services.poller.backfill import BackfillFailed, BackfillRefused, open_backfill, resolve
+
+    try:
+        acct, log_feed = resolve(cfg, vendor, account, feed)
+    except BackfillRefused as exc:
+        _fail(str(exc))
+    settings = cfg.settings
+    display = _BackfillDisplay(f"backfill {vendor}/{account}/{log_feed.name}")
+
+    async def main() -> str:
+        import nats.js.errors
+
+        from pbxbridge.bus import Bus
+        from pbxbridge.bus.infra import Names
+        from pbxbridge.bus.subjects import Subjects
+        from pbxbridge.bus.tokens import KvTokenStore
+        from pbxbridge.vendors import client_for
+        from services.poller.runner import Tuning
+
+        nc = await _connect(settings, "pbxbridge-backfill", timeout)
+        try:
+            bus = Bus(settings, nc, nc.jetstream(), Subjects(settings.prefix), Names(settings.prefix), client_url(settings))
+            try:
+                await bus.js.stream_info(bus.names.events)
+                tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+            except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError) as exc:
+                _no_bridge(settings, exc)
+            async with client_for(acct, token_store=tokens) as client:
+                # Progress written every 500 events: a kill repeats no work worth counting.
+                job = await open_backfill(bus, acct, client, log_feed, start, end, slice_seconds=slice_hours * 3600,
+                                          tuning=Tuning(checkpoint_every=500), on_progress=display)
+                task = asyncio.create_task(job.run(asyncio.Event()))
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError):
+                        loop.add_signal_handler(sig, task.cancel)
+                try:
+                    progress = await task
+                except asyncio.CancelledError:
+                    return "interrupted (run the same command again to continue)"
+                return "done" if progress.done else "stopped"
+        finally:
+            await nc.close()
+
+    try:
+        outcome = asyncio.run(main())
+    except (BackfillRefused, BackfillFailed) as exc:
+        display.close("stopped")
+        _fail(f"{exc} (progress is kept: the same command continues)" if isinstance(exc, BackfillFailed) else str(exc))
+    display.close(outcome)
+    if outcome.startswith("interrupted"):
+        raise typer.Exit(130)
+
+# ---- end of backfill ---------------------------------------------------------------------------
 
 
 def main() -> None:

@@ -71,7 +71,8 @@ NEUTRAL_COMMANDS: dict[str, type[NeutralCommand]] = {
 
 
 class Result(BaseModel):
-    """The one final result of a command."""
+    """The one final result of a command. ``result`` is the vendor's reply when it succeeded
+    (``schemas/results/`` has its shape for each operation and neutral command), else null."""
 
     command_id: str
     command: str
@@ -82,3 +83,10 @@ class Result(BaseModel):
     error: dict[str, Any] | None = None
     attempts: int = 0
     finished_at: datetime
+
+
+class BinaryResult(BaseModel):
+    """The ``result`` of an operation whose reply is a file (Yemot ``DownloadFile``...)."""
+
+    content_base64: str = Field(description="the file's bytes, base64")
+    bytes: int = Field(description="the file's size")

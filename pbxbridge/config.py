@@ -65,6 +65,11 @@ def url_secrets(url: str) -> list[str]:
     return [s for s in secrets if s]
 
 
+def split_servers(urls: str) -> list[str]:
+    """``nats://a:4222, nats://b:4222`` -> the URLs, blanks dropped."""
+    return [u.strip() for u in urls.split(",") if u.strip()]
+
+
 def _require_http(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
@@ -275,7 +280,24 @@ class Settings(BaseSettings):
 
     # hide_input_in_errors: a rejected PBX_NATS_URL may hold a password.
     model_config = SettingsConfigDict(env_prefix="PBX_", extra="ignore", hide_input_in_errors=True)
-    nats_url: str | None = Field(None, description="join this NATS cluster; unset: start an embedded nats-server")
+    nats_url: str | None = Field(
+        None, description="join this NATS cluster (one URL, or a comma-separated list); unset: start an embedded nats-server",
+    )
+    # The connection's credentials and TLS come from files only (Docker/Kubernetes secrets), never
+    # from a variable's value: see pbxbridge/bus/connection.py, which reads them.
+    nats_creds_file: Path | None = Field(None, description=".creds file: user JWT + NKey seed")
+    nats_nkey_seed_file: Path | None = Field(None, description="file holding an NKey user seed")
+    nats_user: str | None = Field(None, description="user name; its password in PBX_NATS_PASSWORD_FILE")
+    nats_password_file: Path | None = Field(None, description="file holding PBX_NATS_USER's password")
+    nats_token_file: Path | None = Field(None, description="file holding an authentication token")
+    nats_tls_ca_file: Path | None = Field(None, description="CA bundle (PEM) the servers' certificates are checked with")
+    nats_tls_cert_file: Path | None = Field(None, description="client certificate (PEM), with PBX_NATS_TLS_KEY_FILE")
+    nats_tls_key_file: Path | None = Field(None, description="client certificate's private key (PEM)")
+    provision: Literal["create", "verify"] = Field(
+        "create",
+        description="create: streams and buckets are created/updated at start-up (embedded/dev); "
+        "verify: only checked, `pbxbridge provision` creates them",
+    )
     embedded_port: int = Field(4222, ge=0, description="embedded nats-server port; a free one if taken")
     prefix: str = Field("pbx", pattern=r"^[A-Za-z0-9_-]+$")
     config: Path | None = Field(None, description="accounts file (TOML)")
@@ -314,6 +336,10 @@ class Settings(BaseSettings):
     command_busy_delay: float = Field(0.5, gt=0, description="seconds before a command for a busy account is offered again")
     command_max_deliveries: int = Field(1000, ge=2, description="deliveries of one message (waits included); the last concludes")
     instance: str = Field(default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}")
+    # Running in production (pbxbridge.health, pbxbridge.logs, pbxbridge.metrics).
+    health_port: int = Field(9464, ge=0, le=65535, description="/healthz, /readyz and /metrics; 0: a free port, logged")
+    log_format: Literal["text", "json"] = Field("text", description="json: one object a line, with trace and span ids")
+    consumer_sample_interval: float = Field(15.0, gt=0, description="seconds between samples of JetStream consumers' pending counts")
 
     @field_validator("nats_url")
     @classmethod
@@ -321,16 +347,47 @@ class Settings(BaseSettings):
         if v is None or not v.strip():  # PBX_NATS_URL= (empty) means unset, as it always has
             return None
         v = v.strip()
-        parts = urlsplit(v)
-        try:
-            port_ok = parts.port is None or parts.port > 0
-        except ValueError:
-            port_ok = False
-        if parts.scheme not in NATS_SCHEMES or not parts.hostname or not port_ok:
-            raise ValueError(f"must look like nats://host:4222 (schemes: {', '.join(NATS_SCHEMES)})")
-        # Whoever prints it from now on (nats-py, FastStream, an exception) logs it masked.
+        # Registered before any check: whoever prints it from now on (nats-py, FastStream, an
+        # exception) logs it masked.
         register_secrets(url_secrets(v))
-        return v
+        servers = split_servers(v)
+        for server in servers:
+            parts = urlsplit(server)
+            try:
+                port_ok = parts.port is None or parts.port > 0
+            except ValueError:
+                port_ok = False
+            if parts.scheme not in NATS_SCHEMES or not parts.hostname or not port_ok:
+                raise ValueError(
+                    f"must look like nats://host:4222, or a comma-separated list of such URLs (schemes: {', '.join(NATS_SCHEMES)})"
+                )
+        return ",".join(servers)
+
+    @model_validator(mode="after")
+    def _nats_auth(self) -> "Settings":
+        """One way to authenticate, each part complete, and only against a server we are given."""
+        ways = [
+            name for name, given in (
+                ("PBX_NATS_CREDS_FILE", self.nats_creds_file), ("PBX_NATS_NKEY_SEED_FILE", self.nats_nkey_seed_file),
+                ("PBX_NATS_USER", self.nats_user or self.nats_password_file), ("PBX_NATS_TOKEN_FILE", self.nats_token_file),
+            ) if given
+        ]
+        if len(ways) > 1:
+            raise ValueError(f"choose one way to authenticate to NATS, not {' and '.join(ways)}")
+        if bool(self.nats_user) != bool(self.nats_password_file):
+            raise ValueError("PBX_NATS_USER and PBX_NATS_PASSWORD_FILE go together")
+        if bool(self.nats_tls_cert_file) != bool(self.nats_tls_key_file):
+            raise ValueError("PBX_NATS_TLS_CERT_FILE and PBX_NATS_TLS_KEY_FILE go together")
+        if self.nats_url is None and (ways or self.nats_tls_ca_file or self.nats_tls_cert_file):
+            raise ValueError("NATS credentials and TLS files need PBX_NATS_URL (the embedded server has neither)")
+        if ways and url_secrets(self.nats_url or ""):
+            raise ValueError(f"PBX_NATS_URL holds credentials and {ways[0]} gives others: keep one")
+        return self
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The cluster's server URLs, in the order given (nats-py shuffles them unless told not to)."""
+        return split_servers(self.nats_url) if self.nats_url else []
 
     @property
     def display_nats_url(self) -> str | None:
@@ -365,8 +422,11 @@ def format_validation_error(exc: ValidationError, source: str = "", *, env_prefi
     With ``env_prefix`` the fields are named as their environment variables (``PBX_NATS_URL``)."""
     problems = []
     for err in exc.errors():
-        where = f"{env_prefix}{str(err['loc'][0]).upper()}" if env_prefix is not None else _field_path(err["loc"])
         message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks
+        if not err["loc"]:  # a check across fields: its message names them
+            problems.append(message)
+            continue
+        where = f"{env_prefix}{str(err['loc'][0]).upper()}" if env_prefix is not None else _field_path(err["loc"])
         problems.append(f"{where}: {message}")
     head = f"{source}: invalid configuration" if source else "invalid configuration"
     if len(problems) == 1:

@@ -100,9 +100,6 @@ class CallData(EventData):
     campaign: str | None = None
     started_at: AwareDatetime | None = None
     answered_at: AwareDatetime | None = None
-    # Filled when a state feed (calls in progress) saw the call appear or disappear; null from a call log.
-    change: Change | None = Field(None, description="appeared (call.started) or disappeared (call.ended), from a state feed")
-    sequence: int | None = Field(None, description="the state feed's change counter, from a state feed")
 
 
 class CallStarted(CallData):

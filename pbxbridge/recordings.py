@@ -36,6 +36,21 @@ class RecordingNotReady(Exception):
 RECORDING_JOB_TYPE = "pbx.job.recording.fetch.v1"
 
 
+class RecordingFetched(BaseModel):
+    """The ``result`` of a succeeded ``recording.fetch``: the archive's facts (the recordings
+    worker's ``Archived``), and whether an earlier command or event had archived it already."""
+
+    name: str = Field(description="the object's name in the archive")
+    location: str = Field(description="where the archive is, e.g. nats-object://<bucket>/<name>")
+    sha256: str
+    bytes: int
+    codec: str
+    container: str
+    duration_seconds: float
+    source_format: str = Field(description="what the vendor served: flac, mp3, gsm, wav")
+    already_archived: bool = Field(False, description="true when this command found it archived")
+
+
 class RecordingJob(BaseModel):
     """What the recordings worker archives, from ``pbx.jobs.recordings.<vendor>.<account>``.
 

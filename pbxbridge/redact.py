@@ -13,6 +13,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Iterable
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 MASK = "***"
 # Very short values would mask innocent text everywhere; no real credential is that short.
@@ -102,9 +103,23 @@ _SECRET_PARTS = ("password", "passwd", "secret", "token", "apikey", "api_key")
 _SECRET_NAMES = {"pin", "pass", "pwd", "key"}
 
 
-def _is_secret_name(name: object) -> bool:
+def is_secret_name(name: object) -> bool:
     lowered = str(name).lower()
     return lowered in _SECRET_NAMES or any(part in lowered for part in _SECRET_PARTS)
+
+
+
+def redact_url(url: str) -> str:
+    """``url`` with credential-like query parameters masked (Yemot's ``token=<number>:<password>``
+    or session token, a login's ``password``) and any registered secret masked: for URLs that
+    leave the process outside a log line (a span attribute). The rest stays as it was encoded."""
+    parts = urlsplit(url)
+    if parts.query:
+        pairs = [p.partition("=") for p in parts.query.split("&")]
+        if any(is_secret_name(unquote_plus(k)) for k, _, _ in pairs):
+            query = "&".join(k + (f"={MASK}" if is_secret_name(unquote_plus(k)) else eq + v) for k, eq, v in pairs)
+            url = urlunsplit(parts._replace(query=query))
+    return redact(url)
 
 
 def mask_params(params: object) -> object:
@@ -114,7 +129,7 @@ def mask_params(params: object) -> object:
     entry keeps everything else so nothing is lost for diagnosis."""
     if isinstance(params, dict):
         return {
-            k: MASK if _is_secret_name(k) else mask_params(v) for k, v in params.items()
+            k: MASK if is_secret_name(k) else mask_params(v) for k, v in params.items()
         }
     if isinstance(params, list):
         return [mask_params(v) for v in params]

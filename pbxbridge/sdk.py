@@ -5,6 +5,10 @@
                                 {"queuePath": "ivr2:/5"}, command_id="order-42")
     async for subject, event in iter_events(nc, "pbx.events.yemot.>"):
         ...
+
+Tracing: a command carries the caller's current OpenTelemetry context (``traceparent``,
+``tracestate``, from the globally configured propagators), so the commander's work and the
+result join the caller's trace; with no span current it carries none.
 """
 
 from __future__ import annotations

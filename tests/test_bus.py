@@ -89,3 +89,27 @@ async def test_embedded_default_starts_and_stops_nats(tmp_path, settings) -> Non
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "nats-server still listening after exit"
     assert (tmp_path / "nats" / "jetstream").is_dir()
+
+
+async def test_publish_waits_out_a_stream_without_leader(bus) -> None:
+    """No responders (a stream electing its leader after a node died) is tried again: the event
+    is stored once the stream answers, not lost to a worker's redelivery path."""
+    import asyncio
+
+    from nats.js.api import StreamConfig
+
+    stream = f"{bus.names.events}_LATE"
+    subject = f"{bus.subjects.prefix}.late.x"
+    event = CloudEvent(type="pbx.event.test.v1", source="test", id="late-1", data={"n": 1})
+
+    async def leader_appears() -> None:
+        await asyncio.sleep(0.6)  # a short stand-in for an election: nobody answers meanwhile
+        await bus.js.add_stream(StreamConfig(name=stream, subjects=[subject]))
+
+    appearing = asyncio.create_task(leader_appears())
+    try:
+        ack = await bus.publish(subject, event, retry_for=10)
+        assert ack.stream == stream and ack.seq == 1
+    finally:
+        await appearing
+        await bus.js.delete_stream(stream)

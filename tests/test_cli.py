@@ -39,9 +39,10 @@ def _wait_http(url: str, timeout: float = 20.0) -> httpx.Response:
 
 
 def _env(**pbx: str) -> dict[str, str]:
-    """The test's environment without any PBX_* of the caller's, plus ``pbx``."""
+    """The test's environment without any PBX_* of the caller's, plus ``pbx``; workers' health
+    servers on free ports (9464 may be another worker's on this machine)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PBX_")}
-    return env | pbx
+    return env | {"PBX_HEALTH_PORT": "0"} | pbx
 
 
 def _pbx(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

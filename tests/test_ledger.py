@@ -132,3 +132,41 @@ async def test_two_claimants_at_once_only_one_wins(ledger: Ledger) -> None:
 def test_entry_without_expiry_is_not_live() -> None:
     """A running entry from before claims had expiries is treated as a dead worker."""
     assert not LedgerEntry(state="running").live()
+
+
+async def test_claim_writes_wait_out_a_bucket_without_leader(ledger: Ledger, monkeypatch) -> None:
+    """A finish that meets no responders (the bucket electing a leader after a node died) is tried
+    again while the claim is ours: the outcome is stored, not left to expire as ``running``."""
+    import nats.js.errors
+
+    claim = await take(ledger, "k.election", ttl=3.0)
+    update = ledger.kv.update
+    refusals = 0
+
+    async def electing(*args, **kwargs):
+        nonlocal refusals
+        if refusals < 3:
+            refusals += 1
+            raise nats.js.errors.NoStreamResponseError
+        return await update(*args, **kwargs)
+
+    monkeypatch.setattr(ledger.kv, "update", electing)
+    stored = await claim.finish(result=a_result())
+    assert refusals == 3 and stored.state == "done"
+    assert (await ledger.read("k.election"))[0].state == "done"
+
+
+async def test_claim_writes_give_up_before_the_claim_expires(ledger: Ledger, monkeypatch) -> None:
+    """A bucket that stays silent is not waited on past the claim's life: the error reaches the
+    worker (its message is redelivered) before another holder could take the key."""
+    import nats.js.errors
+
+    claim = await take(ledger, "k.silent", ttl=0.9)
+
+    async def silent(*args, **kwargs):
+        raise nats.js.errors.NoStreamResponseError
+
+    monkeypatch.setattr(ledger.kv, "update", silent)
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        await claim.finish(result=a_result())
+    assert (await ledger.read("k.silent"))[0].live()  # still ours when we gave up

@@ -2,16 +2,23 @@
 configuration on loopback, with passwords made by deploy/make-secrets.sh; then each user is
 checked for what it may and may not do.
 
-- admin provisions with the real ``open_bus`` (``ensure_all``: every stream, bucket and the
-  object store), and publishes no data;
+- admin runs ``pbxbridge provision`` (a separate process, PBX_NATS_USER + PBX_NATS_PASSWORD_FILE):
+  every stream, bucket, the object store and the workers' durable consumers, one line each,
+  ``created`` the first time and ``unchanged`` the second; it publishes no data;
 - each worker user does the operations its worker does, with pbxbridge's own code where it is
   reachable without the vendors (poller ``stored_after``, the commander's FastStream subscriber,
-  the recordings ``jobs_consumer``, ``Ledger``, ``KvTokenStore``), and is refused the rest;
-- the application user publishes commands and reads events, results and the ledger, nothing more.
+  the recordings jobs consumer, ``Ledger``, ``KvTokenStore``), and is refused the rest, creating
+  its own consumer included (provisioning does that);
+- the application user publishes commands and reads events, results and the ledger, nothing more;
+- then the real workers run, each as ``pbxbridge run <worker>`` under its own user with
+  ``PBX_PROVISION=verify``, against the Yemot and Fonema simulators on loopback: the poller
+  publishes an SMS event, the commander answers a command the app user sends, the recordings
+  worker archives a recording; the server logs no permissions violation of theirs;
+- a consumer deleted behind the workers' back stops the worker that needs it with one line
+  naming it, and ``pbxbridge provision`` puts it back (and updates a changed setting).
 
-The workers themselves are not started under these users: ``open_bus`` creates or updates the
-streams at start-up, which only admin may do; ``PBX_PROVISION=verify`` (workers that only verify)
-is being written on another branch. So the workers' bus operations are checked one by one here.
+Every connection here is made as the workers make theirs: ``nats_connection(settings)`` with the
+password read from the file make-secrets.sh wrote.
 
 nats-py reports a refused publish or subscription through the connection's error callback,
 ``nats.errors.Error('nats: permissions violation for publish to "<subject>"')`` (the server's
@@ -22,13 +29,15 @@ answered, so it ends in a timeout.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import types
+import uuid
 from datetime import datetime, timedelta, timezone
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -41,9 +50,11 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, StreamConfig
 
-from pbxbridge.bus import open_bus
+from nats_processes import nats_server_process, pbx_env, pbxbridge
+from pbxbridge.bus.connection import nats_connection
+from pbxbridge.bus.consumers import all_consumers, commander_consumer, recordings_jobs_consumer
 from pbxbridge.bus.embedded import find_binary, free_port
-from pbxbridge.bus.infra import Names
+from pbxbridge.bus.infra import Names, kv_configs, stream_configs
 from pbxbridge.bus.ledger import Ledger, LedgerEntry
 from pbxbridge.bus.subjects import Subjects
 from pbxbridge.bus.tokens import KvTokenStore
@@ -59,10 +70,30 @@ S, N = Subjects("pbx"), Names("pbx")
 class Server:
     port: int
     passwords: dict[str, str]
-    process: subprocess.Popen
+    secrets: Path  # make-secrets.sh's folder: nats_<user>_password
+    log: Path
 
     def url(self, user: str, password: str | None = None) -> str:
         return f"nats://{user}:{password or self.passwords[user]}@127.0.0.1:{self.port}"
+
+    @property
+    def plain_url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def env(self, user: str, **settings: str) -> dict[str, str]:
+        """A pbxbridge process's environment as deploy/compose.yaml gives it: user + password file."""
+        return pbx_env(
+            PBX_NATS_URL=self.plain_url, PBX_NATS_USER=user,
+            PBX_NATS_PASSWORD_FILE=str(self.secrets / f"nats_{user}_password"),
+            PBX_PREFIX="pbx", PBX_DUPLICATE_WINDOW="60", PBX_HEALTH_PORT="0", **settings,
+        )
+
+    def settings(self, user: str) -> Settings:
+        """The same, in-process."""
+        return Settings(
+            _env_file=None, nats_url=self.plain_url, nats_user=user,
+            nats_password_file=self.secrets / f"nats_{user}_password", prefix="pbx", duplicate_window=60,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -81,28 +112,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     text = (conf / "passwords.conf").read_text()
     assert "$2" in text and not any((secrets / f"nats_{u}_password").read_text().strip() in text for u in USERS)
     port = free_port()
-    log = open(tmp / "nats.log", "wb")
-    proc = subprocess.Popen(
-        [find_binary(), "-c", str(conf / "nats.conf"), "-a", "127.0.0.1", "-p", str(port),
-         "-m", str(free_port())],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    log.close()
-    deadline = time.monotonic() + 15
-    while True:
-        assert proc.poll() is None, (tmp / "nats.log").read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "nats-server did not start"
-            time.sleep(0.05)
     passwords = {u: (secrets / f"nats_{u}_password").read_text().strip() for u in USERS}
-    try:
-        yield Server(port, passwords, proc)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with nats_server_process(conf / "nats.conf", port, extra=("-m", str(free_port()))):
+        yield Server(port, passwords, secrets, conf / "nats.log")
 
 
 @dataclass
@@ -152,7 +164,10 @@ async def connect(server: Server) -> AsyncIterator:
         async def on_error(exc: Exception) -> None:
             conn.errors.append(str(exc))
 
-        conn.nc = await nats.connect(server.url(user), error_cb=on_error, allow_reconnect=False, connect_timeout=5)
+        # As the workers connect: the password from its file, through nats_connection.
+        conn.nc = await nats.connect(
+            **nats_connection(server.settings(user)).nats_kwargs(), error_cb=on_error, allow_reconnect=False, connect_timeout=5,
+        )
         opened.append(conn.nc)
         return conn
 
@@ -162,17 +177,49 @@ async def connect(server: Server) -> AsyncIterator:
             await nc.close()
 
 
+def _everything(settings: Settings) -> list[str]:
+    """What provisioning looks after, as it names each thing."""
+    return (
+        [f"stream {c.name}" for c in stream_configs(settings)]
+        + [f"KV bucket {c.bucket}" for c in kv_configs(settings)]
+        + [f"object store {N.recordings}"]
+        + [f"consumer {c.name}" for c in all_consumers(settings)]
+    )
+
+
 @pytest.fixture(scope="module")
 async def provisioned(server: Server) -> Settings:
-    """Admin runs pbxbridge's own start-up provisioning: open_bus -> ensure_all."""
-    settings = Settings(_env_file=None, nats_url=server.url("admin"), prefix="pbx", duplicate_window=60)
-    async with open_bus(settings, name="provision") as bus:
-        for stream in (N.events, N.commands, N.jobs, N.results, N.dead_letters):
-            await bus.js.stream_info(stream)
-        for bucket in (N.cursors, N.leases, N.ledger, N.tokens):
-            await bus.js.key_value(bucket)
-        await bus.js.object_store(N.recordings)
+    """Admin runs ``pbxbridge provision``, twice: everything created, then everything unchanged."""
+    settings = server.settings("admin")
+    everything = _everything(settings)
+    first = await pbxbridge("provision", env=server.env("admin"))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [f"{name}: created" for name in everything]
+    again = await pbxbridge("provision", env=server.env("admin"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == [f"{name}: unchanged" for name in everything]
+    assert server.passwords["admin"] not in first.stdout + first.stderr + again.stdout + again.stderr
     return settings
+
+
+async def _cannot_touch_recordings_triggers(conn: Conn, settings: Settings) -> None:
+    """Users who may make consumers of their own on the events stream may not replace, delete or
+    drain the recordings worker's (they would skip recordings to archive)."""
+    for trigger in all_consumers(settings):
+        if trigger.stream != N.events:
+            continue
+        durable = trigger.config.durable_name
+        for attempt in (
+            conn.js.add_consumer(trigger.stream, trigger.config),
+            conn.js.delete_consumer(trigger.stream, durable),
+            conn.nc.request(f"$JS.API.CONSUMER.MSG.NEXT.{trigger.stream}.{durable}", b'{"batch": 1, "no_wait": true}', timeout=1),
+        ):
+            with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+                await attempt
+        assert await conn.violations(f"$JS.API.CONSUMER.DELETE.{trigger.stream}.{durable}")
+        assert await conn.refused_publish(f"$JS.ACK.{trigger.stream}.{durable}.1.1.1.1.0")
+    # still there, as provisioned
+    assert (await conn.js.stream_info(N.events)).state.consumer_count >= 2
 
 
 def _soon() -> datetime:
@@ -212,7 +259,7 @@ async def test_poller(provisioned: Settings, connect) -> None:
     assert ack.stream == N.events
     await js.publish(S.dead_letter("feeds", "yemot", "acme", "sms"), b"{}", headers=_event_headers("dl-1"))
     # reading back its own events after a crash: pbxbridge's own code
-    assert [body for _, body in await stored_after(js, N.events, subject, 0)] == [b'{"n": 1}']
+    assert [m.body for m in await stored_after(js, N.events, subject, 0)] == [b'{"n": 1}']
     assert (await js.stream_info(N.events)).state.messages >= 1
     # its buckets: cursors, leases (compare-and-set), tokens
     cursors, leases = await js.key_value(N.cursors), await js.key_value(N.leases)
@@ -235,6 +282,7 @@ async def test_poller(provisioned: Settings, connect) -> None:
         assert await poller.refused_publish(forbidden), forbidden
     assert await poller.refused_subscribe(S.all_commands)
     assert await poller.refused_subscribe(S.all_events)  # it reads events only through its own consumer
+    await _cannot_touch_recordings_triggers(poller, provisioned)
     with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
         await js.add_stream(StreamConfig(name="ROGUE", subjects=["rogue.>"]))
 
@@ -259,10 +307,10 @@ async def test_commander(provisioned: Settings, server: Server, connect) -> None
     app, commander = await connect("app"), await connect("commander")
     subject = S.command("yemot", "acme", "call.hangup")
     await app.js.publish(subject, b"{}", headers=_event_headers("cmd-1"))
-    # The commander's own FastStream subscriber (durable "commander" on the commands work queue),
-    # connecting as the commander user.
-    settings = provisioned.model_copy(update={"nats_url": server.url("commander")})
-    bus = Bus(settings, commander.nc, commander.js, S, N, settings.nats_url)
+    # The commander's own FastStream subscriber (durable "commander" on the commands work queue,
+    # provisioned), its broker connecting as the commander user with the password file.
+    settings = server.settings("commander")
+    bus = Bus(settings, commander.nc, commander.js, S, N, settings.nats_url, nats_connection(settings))
     handler = _AckAll()
     broker = build_broker(bus, handler, types.SimpleNamespace(settings=settings))
     async with broker:
@@ -295,15 +343,21 @@ async def test_commander(provisioned: Settings, server: Server, connect) -> None
     assert await commander.refused_subscribe(S.all_commands)  # only through its durable consumer
     with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
         await js.add_consumer(N.jobs, ConsumerConfig(durable_name="recordings"))
+    # nor create or change its own: provisioning does
+    own = commander_consumer(settings)
+    with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+        await js.add_consumer(own.stream, own.config)
 
 
 async def test_recordings(provisioned: Settings, connect) -> None:
-    from services.recordings.worker import jobs_consumer
-
     commander, rec = await connect("commander"), await connect("recordings")
     js = rec.js
-    settings = provisioned
-    await js.add_consumer(N.jobs, jobs_consumer(types.SimpleNamespace(subjects=S), settings))
+    # its consumer is provisioned: it may not create or change it
+    own = recordings_jobs_consumer(provisioned)
+    with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
+        await js.add_consumer(own.stream, own.config)
+    assert await rec.violations(f"$JS.API.CONSUMER.DURABLE.CREATE.{N.jobs}.recordings")
+    rec.errors.clear()  # that one was expected; from here on, none is
     await commander.js.publish(S.job("recordings", "swan", "hq"), b'{"job": 2}', headers=_event_headers("job-2"))
     sub = await js.pull_subscribe(f"pbx.jobs.recordings.>", durable="recordings", stream=N.jobs)
     msgs = await sub.fetch(10, timeout=5)
@@ -325,11 +379,13 @@ async def test_recordings(provisioned: Settings, connect) -> None:
     await js.publish(S.event("swan", "hq", "recording.archived"), b"{}", headers=_event_headers("arch-1"))
     await js.publish(S.result("swan", "hq", "recording.fetch"), b"{}", headers=_event_headers("res-2"))
     await js.publish(S.dead_letter("recordings", "swan", "hq", "recording-fetch"), b"{}", headers=_event_headers("dl-3"))
+    # a job of its own making, from a call.ended event (accounts that archive by themselves)
+    await js.publish(S.job("recordings", "swan", "hq"), b'{"job": 3}', headers=_event_headers("job-3"))
     assert await rec.quiet() == []
     for forbidden in (
         S.event("swan", "hq", "sms.received"), S.event("swan", "hq", "call.ended"),
         S.result("swan", "hq", "call.hangup"), S.command("swan", "hq", "recording.fetch"),
-        S.job("recordings", "swan", "hq"), "$KV.pbx_cursors.k", "$JS.API.CONSUMER.MSG.NEXT.PBX_COMMANDS.commander",
+        S.job("transcripts", "swan", "hq"), "$KV.pbx_cursors.k", "$JS.API.CONSUMER.MSG.NEXT.PBX_COMMANDS.commander",
     ):
         assert await rec.refused_publish(forbidden), forbidden
     assert await rec.refused_subscribe(S.all_events)
@@ -371,6 +427,7 @@ async def test_app(provisioned: Settings, connect) -> None:
         await js.pull_subscribe(S.all_commands, durable="commander", stream=N.commands)
     with pytest.raises((nats.errors.TimeoutError, asyncio.TimeoutError)):
         await (await js.key_value(N.ledger)).put("k", b"v")
+    await _cannot_touch_recordings_triggers(app, provisioned)
 
 
 def test_cluster_config_is_valid(tmp_path: Path) -> None:
@@ -384,3 +441,177 @@ def test_cluster_config_is_valid(tmp_path: Path) -> None:
         run = subprocess.run([find_binary(), "-t", "-c", str(tmp_path / name)], capture_output=True, text=True,
                              env={**os.environ, "NATS_SERVER_NAME": "nats-1"})
         assert run.returncode == 0, run.stdout + run.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The real workers, each under its own user, verifying (not creating) what provisioning made.
+
+WORKERS = ("poller", "commander", "recordings")
+
+
+def _write_accounts(path: Path, accounts: list) -> dict[str, str]:
+    """A TOML accounts file whose secrets are ``{env = ...}`` references; returns that environment."""
+    env, lines = {}, []
+    for a in accounts:
+        refs = []
+        for name, value in a.credentials.items():
+            var = f"TEST_{a.vendor}_{a.id}_{name}".upper()
+            env[var] = value.get_secret_value()
+            refs.append(f'{name} = {{ env = "{var}" }}')
+        options = ", ".join(f"{k} = {json.dumps(v)}" for k, v in a.options.model_dump(exclude_unset=True).items())
+        lines += [
+            "[[accounts]]", f'vendor = "{a.vendor}"', f'id = "{a.id}"', f'base_url = "{a.base_url}"',
+            f'username = "{a.username}"', f"credentials = {{ {', '.join(refs)} }}", f"options = {{ {options} }}", "",
+        ]
+    path.write_text("\n".join(lines))
+    return env
+
+
+@dataclass
+class Workers:
+    """``pbxbridge run <worker>`` processes; a wait fails at once, with the logs, if one exits."""
+
+    logs: Path
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+
+    async def start(self, worker: str, config: Path, env: dict[str, str]) -> None:
+        with open(self.logs / f"{worker}.log", "wb") as log:
+            self.procs[worker] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "pbxbridge.cli", "run", worker, "--config", str(config),
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def log(self, worker: str) -> str:
+        return (self.logs / f"{worker}.log").read_text()
+
+    async def until(self, awaitable, what: str, timeout: float = 60):
+        task = asyncio.ensure_future(awaitable)
+        exits = {asyncio.ensure_future(p.wait()): name for name, p in self.procs.items()}
+        try:
+            done, _ = await asyncio.wait([task, *exits], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            for waiter, name in exits.items():
+                assert waiter not in done, f"{name} exited ({waiter.result()}) before {what}:\n{self.log(name)}"
+            assert task in done, f"no {what} within {timeout}s:\n" + "\n".join(f"--- {n}\n{self.log(n)}" for n in self.procs)
+            return task.result()
+        finally:
+            for pending in (task, *exits):
+                pending.cancel()
+
+    async def readiness(self, worker: str) -> tuple[int, dict]:
+        """The worker's /readyz (its health server runs on a free port, which it logs)."""
+        import httpx
+
+        found = re.search(r"health and metrics on http://[^:]+:(\d+)", self.log(worker))
+        assert found, f"{worker} logged no health port:\n{self.log(worker)}"
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"http://127.0.0.1:{found.group(1)}/readyz")
+        return response.status_code, response.json()
+
+    async def stop(self) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.terminate()
+        return {name: await asyncio.wait_for(proc.wait(), 30) for name, proc in self.procs.items()}
+
+
+async def _next_on(queue: asyncio.Queue, subject: str):
+    while True:
+        msg = await queue.get()
+        if msg.subject == subject:
+            return msg
+
+
+def _violations_of(log: str, users: tuple[str, ...]) -> list[str]:
+    """The server's permission-violation lines for ``users`` (it logs each refused publish/subscribe)."""
+    return [line for line in log.splitlines() if "Violation" in line and any(f'User "{u}"' in line for u in users)]
+
+
+async def test_real_workers_under_their_own_users(provisioned: Settings, server: Server, connect, tmp_path: Path) -> None:
+    from pbxbridge.sdk import send_command
+    from pbxbridge.vendors import load
+
+    app, admin = await connect("app"), await connect("admin")
+    events: asyncio.Queue = asyncio.Queue()
+    await app.nc.subscribe(S.all_events, cb=events.put)
+    await app.nc.flush()
+    log_start = server.log.stat().st_size
+    async with load("yemot").Simulator(activity=False) as yemot, load("fonema").Simulator(activity=False) as fonema:
+        # The poller watches Yemot's SMS (the simulator starts with a few); the commander and the
+        # recordings worker serve a Fonema account that also archives by itself (so the recordings
+        # worker also verifies and pulls from its trigger consumers on the events stream).
+        poller_env = _write_accounts(tmp_path / "poller.toml", [yemot.account("live", feeds=["sms"], poll_interval=0.2, phone_region="IL")])
+        fonema_env = _write_accounts(tmp_path / "fonema.toml", [fonema.account("madrid", archive_recordings=True)])
+        workers = Workers(tmp_path)
+        common = {"PBX_PROVISION": "verify", "PBX_DATA_DIR": str(tmp_path / "data"), "PBX_COMMAND_BACKOFF": "0.1"}
+        try:
+            await workers.start("poller", tmp_path / "poller.toml", {**server.env("poller", **common), **poller_env})
+            await workers.start("commander", tmp_path / "fonema.toml", {**server.env("commander", **common), **fonema_env})
+            await workers.start("recordings", tmp_path / "fonema.toml", {**server.env("recordings", **common), **fonema_env})
+
+            # the poller publishes an event
+            sms = await workers.until(_next_on(events, S.event("yemot", "live", "sms.received")), "an SMS event from the poller")
+            assert sms.headers["ce-source"].startswith("pbxbridge/yemot/live")
+
+            # the commander answers a command sent by the app user
+            result = await workers.until(
+                send_command(app.nc, S, "fonema", "madrid", "op.getUsers", {}, command_id=str(uuid.uuid4()), timeout=60),
+                "the commander's result",
+            )
+            assert result.status == "succeeded", result
+
+            # the recordings worker archives a recording (the commander hands it the job)
+            call_id = fonema.add_finished_call(recorded=True, seconds=1.0)
+            fetched = await workers.until(
+                send_command(app.nc, S, "fonema", "madrid", "recording.fetch", {"call_id": call_id},
+                             command_id=str(uuid.uuid4()), timeout=60),
+                "the recording's result",
+            )
+            assert fetched.status == "succeeded", fetched
+            archived = await workers.until(
+                _next_on(events, S.event("fonema", "madrid", "recording.archived")), "the recording.archived event",
+            )
+            assert json.loads(archived.data)["sha256"] == fetched.result["sha256"]
+            stored = await (await admin.js.object_store(N.recordings)).get_info(fetched.result["name"])
+            assert stored.size == fetched.result["bytes"]
+
+            # each is ready: its readiness probes (stream and consumer info) are within its permissions
+            for worker in WORKERS:
+                status, report = await workers.readiness(worker)
+                assert status == 200 and report["status"] == "ok", (worker, report)
+        finally:
+            codes = await workers.stop()
+    assert codes == dict.fromkeys(WORKERS, 0), {w: workers.log(w) for w in WORKERS}  # a clean stop on SIGTERM
+    # Nothing any of them did was refused: the permissions cover what the workers really do.
+    with open(server.log) as f:
+        f.seek(log_start)
+        assert _violations_of(f.read(), WORKERS) == []
+    for worker in WORKERS:
+        assert server.passwords[worker] not in workers.log(worker)
+
+
+async def test_missing_consumer_stops_the_worker_until_provisioned_again(provisioned: Settings, server: Server, connect, tmp_path: Path) -> None:
+    """PBX_PROVISION=verify: one line naming what is missing; ``pbxbridge provision`` repairs it,
+    and brings a changed setting to the stream (updated), leaving the rest unchanged."""
+    from pbxbridge.vendors import load
+
+    admin = await connect("admin")
+    trigger = next(c for c in all_consumers(provisioned) if c.config.durable_name.endswith("voicemail-received"))
+    await admin.js.delete_consumer(trigger.stream, trigger.config.durable_name)
+    async with load("fonema").Simulator(activity=False) as fonema:
+        secrets = _write_accounts(tmp_path / "fonema.toml", [fonema.account("madrid", archive_recordings=True)])
+        env = {**server.env("recordings", PBX_PROVISION="verify", PBX_DATA_DIR=str(tmp_path)), **secrets}
+        run = await pbxbridge("run", "recordings", "--config", str(tmp_path / "fonema.toml"), env=env)
+    assert run.returncode == 2, run.stdout + run.stderr
+    [line] = [l for l in run.stderr.splitlines() if "missing" in l]
+    assert f"missing on the bus: consumer {trigger.name}" in line and "run `pbxbridge provision`" in line
+
+    repaired = await pbxbridge("provision", env=server.env("admin", PBX_EVENTS_MAX_AGE="86400"))
+    assert repaired.returncode == 0, repaired.stderr
+    expected = {name: "unchanged" for name in _everything(provisioned)}
+    expected[f"consumer {trigger.name}"] = "created"
+    expected[f"stream {N.events}"] = expected[f"stream {N.dead_letters}"] = "updated"  # both keep events_max_age
+    assert repaired.stdout.splitlines() == [f"{name}: {outcome}" for name, outcome in expected.items()]
+    assert (await admin.js.stream_info(N.events)).config.max_age == 86400
+    assert (await admin.js.consumer_info(trigger.stream, trigger.config.durable_name)).config.filter_subject == (
+        trigger.config.filter_subject
+    )

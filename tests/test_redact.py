@@ -51,3 +51,15 @@ def test_static_secrets_mask_log_records_and_errors(caplog: pytest.LogCaptureFix
     assert secret not in str(error) and secret not in repr(error.as_dict())
     assert secret[:6] not in malformed.excerpt
     assert malformed.excerpt == "x" * 190 + redact.MASK + "y" * 7
+
+
+def test_urls_lose_credential_parameters_even_unregistered_and_registered_secrets_anywhere() -> None:
+    """For span attributes: a ``token``/``password`` parameter is masked by its name whatever its
+    value (a token nobody registered, e.g. another replica's), a registered secret wherever it
+    stands; the rest of the URL keeps its encoding."""
+    url = "https://www.call2all.co.il/ym/api/GetQueueRealTime?queuePath=ivr2%3A%2F5&token=077313:unregistered-pw"
+    assert redact.redact_url(url) == "https://www.call2all.co.il/ym/api/GetQueueRealTime?queuePath=ivr2%3A%2F5&token=***"
+    assert redact.redact_url("https://x/ym/api/Login?username=077&Password=hunter2-abc") == "https://x/ym/api/Login?username=077&Password=***"
+    redact.register_secrets(["registered-key-123"])
+    assert redact.redact_url("https://x/files/registered-key-123/a.wav?id=1") == "https://x/files/***/a.wav?id=1"
+    assert redact.redact_url("https://x/a?b=c&d") == "https://x/a?b=c&d"

@@ -10,14 +10,20 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from pbxbridge import tracing
+from pbxbridge.bus.connection import NatsConnection, nats_connection
 from pbxbridge.bus.embedded import EmbeddedNats, port_is_free
 from pbxbridge.bus.envelope import CloudEvent
-from pbxbridge.bus.infra import Names, ensure_all
+from pbxbridge.bus.infra import Names, NotProvisioned, ensure_all, verify_all
 from pbxbridge.bus.subjects import Subjects
-from pbxbridge.config import Settings, masked_url
+from pbxbridge.config import Settings, masked_url, split_servers
+
+__all__ = ["Bus", "BusUnreachable", "NotProvisioned", "connect_nats", "open_bus"]
 
 log = logging.getLogger("pbxbridge.bus")
 
@@ -30,26 +36,71 @@ class Bus:
     subjects: Subjects
     names: Names
     url: str = field(repr=False)  # may carry a password: print ``display_url``
+    # How to connect again, credentials and TLS included: FastStream's brokers use it.
+    connection: NatsConnection | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.connection is None:
+            self.connection = NatsConnection(split_servers(self.url))
 
     @property
     def display_url(self) -> str:
         return masked_url(self.url)
 
-    async def publish(self, subject: str, event: CloudEvent, *, timeout: float = 5.0):
-        """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``)."""
+    def broker_kwargs(self) -> dict:
+        """``NatsBroker(**bus.broker_kwargs(), ...)``: the same servers, credentials and TLS as the bus."""
+        return self.connection.broker_kwargs()  # type: ignore[union-attr]
+
+    async def publish(self, subject: str, event: CloudEvent, *, timeout: float = 5.0, retry_for: float = 20.0):
+        """Publish and wait for JetStream's ack (a duplicate id is acked with ``duplicate=True``).
+        Traced: a PRODUCER span whose context the message carries.
+
+        When a node dies, its streams elect new leaders (4-9 s in nats-server), and meanwhile a
+        publish finds no responders; an ack may also be lost with a connection. Both are tried
+        again for up to ``retry_for`` seconds: the event id is the ``Nats-Msg-Id``, so a copy
+        that was stored after all is dropped as a duplicate."""
+        if not tracing.enabled():
+            return await self._publish(subject, event, timeout, retry_for)
+        with tracing.publishing(subject, event.id):
+            return await self._publish(subject, event, timeout, retry_for)
+
+    async def _publish(self, subject: str, event: CloudEvent, timeout: float, retry_for: float):
         headers, body = event.to_nats()
-        return await self.js.publish(subject, body, headers=headers, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + retry_for
+        while True:
+            try:
+                return await self.js.publish(subject, body, headers=headers, timeout=timeout)
+            except _PUBLISH_AGAIN:
+                if loop.time() + PUBLISH_RETRY_PAUSE > give_up:
+                    raise
+                await asyncio.sleep(PUBLISH_RETRY_PAUSE)
+
+
+# Seconds between publishes of one event while its stream has no leader.
+PUBLISH_RETRY_PAUSE = 0.25
+
+# No stream leader answered (an election; also a subject no stream captures, which a retry
+# cannot fix but only delays), or no ack came back (a lost reply, a connection being replaced).
+_PUBLISH_AGAIN = (
+    nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError, nats.errors.ConnectionReconnectingError,
+)
 
 
 class BusUnreachable(ConnectionError):
     """No NATS server accepted the connection in the time allowed; the message names the URL, masked."""
 
 
-async def connect_nats(url: str, *, name: str = "pbxbridge", timeout: float | None = None) -> NatsClient:
-    """Connect to ``url``; once connected, reconnect for ever.
+async def connect_nats(
+    target: str | NatsConnection, *, name: str = "pbxbridge", timeout: float | None = None,
+) -> NatsClient:
+    """Connect to ``target`` (a URL or comma-separated URLs, or a ``NatsConnection`` with
+    credentials and TLS); once connected, reconnect for ever.
 
     Without ``timeout`` the first connection is retried for ever too (a worker waits for its
     cluster); with it, give up after ``timeout`` seconds with ``BusUnreachable``."""
+    connection = target if isinstance(target, NatsConnection) else NatsConnection(split_servers(target))
+    url = ",".join(connection.servers)
     nc = NatsClient()
     failures: list[Exception] = []
 
@@ -67,7 +118,7 @@ async def connect_nats(url: str, *, name: str = "pbxbridge", timeout: float | No
             failures.append(exc)
 
     connecting = nc.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        **connection.nats_kwargs(), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
         disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
     )
     if timeout is None:
@@ -78,7 +129,9 @@ async def connect_nats(url: str, *, name: str = "pbxbridge", timeout: float | No
     except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
         with contextlib.suppress(Exception):
             await nc.close()
-        last = failures[-1] if failures else exc
+        # The server's own word (an authorization violation) over the broken pipe it may cause.
+        told = [f for f in failures if not isinstance(f, OSError)]
+        last = told[-1] if told else failures[-1] if failures else exc
         reason = str(last) or type(last).__name__
         raise BusUnreachable(
             f"no NATS server accepted a connection at {masked_url(url)} within {timeout:g}s ({masked_url(reason)})"
@@ -88,22 +141,30 @@ async def connect_nats(url: str, *, name: str = "pbxbridge", timeout: float | No
 
 @asynccontextmanager
 async def open_bus(settings: Settings, *, name: str = "pbxbridge") -> AsyncIterator[Bus]:
-    """Connect (starting the embedded nats-server if no URL is set) and ensure the streams exist."""
+    """Connect (starting the embedded nats-server if no URL is set), then make sure the streams
+    and buckets exist: create/update them (``PBX_PROVISION=create``), or only check them
+    (``verify``: ``NotProvisioned`` names what is missing). A credential file that cannot be used
+    raises ``NatsCredentialsError`` (a ``ConfigError``) before any connection."""
     embedded = None
-    url = settings.nats_url
-    if not url:
+    if settings.nats_url:
+        connection = nats_connection(settings)
+        # named before the first attempt: an unreachable server is otherwise retried in silence
+        log.info("connecting to NATS at %s", masked_url(settings.nats_url))
+    else:
         port = settings.embedded_port if port_is_free(settings.embedded_port) else 0
         embedded = EmbeddedNats(settings.data_dir / "nats", port=port)
-        url = await embedded.start()
-        log.info("embedded nats-server with JetStream on %s (data in %s)", url, embedded.data_dir)
-    else:  # named before the first attempt: an unreachable server is otherwise retried in silence
-        log.info("connecting to NATS at %s", masked_url(url))
+        connection = NatsConnection([await embedded.start()])
+        log.info("embedded nats-server with JetStream on %s (data in %s)", embedded.url, embedded.data_dir)
+    url = ",".join(connection.servers)
     try:
-        nc = await connect_nats(url, name=name)
+        nc = await connect_nats(connection, name=name)
         try:
             js = nc.jetstream()
-            await ensure_all(js, settings)
-            yield Bus(settings, nc, js, Subjects(settings.prefix), Names(settings.prefix), url)
+            if settings.provision == "verify":
+                await verify_all(js, settings)
+            else:
+                await ensure_all(js, settings)
+            yield Bus(settings, nc, js, Subjects(settings.prefix), Names(settings.prefix), url, connection)
         finally:
             try:
                 await nc.drain()

@@ -3,7 +3,9 @@ every context attribute is a ``ce-<name>`` header. The event id doubles as ``Nat
 JetStream drops a re-published duplicate inside its duplicate window.
 
 The ``cloudevents`` SDK has HTTP and Kafka bindings but none for NATS; this module is the
-binding, kept to the spec's attribute rules.
+binding, kept to the spec's attribute rules. Beside the ``ce-`` headers go the W3C trace
+context headers (``traceparent``, ``tracestate``) of the context current when the headers are
+built, so a consumer's trace continues the sender's (``pbxbridge.tracing``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from opentelemetry.propagate import inject
 from pydantic_core import from_json, to_json
 
 SPECVERSION = "1.0"
@@ -69,6 +72,9 @@ class CloudEvent:
             if not name.isalnum() or not name.islower():
                 raise EnvelopeError(f"extension names are lower-case alphanumeric: {name!r}")
             h[f"ce-{name}"] = value
+        # The current span's context, if any (the caller's around the SDK, a worker's publish or
+        # poll span); writes nothing, at the cost of two look-ups, when no span is current.
+        inject(h)
         return h
 
     def body(self) -> bytes:

@@ -65,6 +65,16 @@ State = Literal["running", "retrying", "delegated", "done"]
 # Seconds between looks at a live claim held by someone else, at most.
 MAX_WAIT = 1.0
 
+# Seconds between attempts at a claim's write while the bucket has no leader.
+WRITE_RETRY_PAUSE = 0.25
+
+# A KV write that may succeed if tried again: the bucket's stream is electing a leader (no
+# responders), or the reply was lost with a connection (nats-py is reconnecting to another node).
+TRANSIENT_BUS_ERRORS = (
+    nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError, nats.errors.ConnectionReconnectingError, asyncio.TimeoutError,
+)
+
 
 class LedgerEntry(BaseModel):
     state: State
@@ -204,6 +214,7 @@ class Claim:
         self.attempt = (previous.attempt if previous else 0) + 1
         self.since = utcnow()
         self.expires = self.since + timedelta(seconds=ttl)
+        self.stored_expires = self.expires  # the expiry others read: the last one a write confirmed
         self.revision: int = 0
         self.lost = False  # no longer ours: ended through this claim, or taken over
         self._lock = asyncio.Lock()  # the heartbeat and an ending never write on the same revision
@@ -252,7 +263,19 @@ class Claim:
         while True:
             try:
                 self.revision = await self.ledger.write(self.key, entry, self.revision)
+                if entry.state == "running":
+                    self.stored_expires = entry.expires
                 return
+            except TRANSIENT_BUS_ERRORS:
+                # A node died and the bucket elects a leader (4-9 s in nats-server): the key is
+                # still ours until the stored expiry, so keep trying rather than leave a vendor call
+                # that happened unrecorded (its next delivery would find an expired claim and end
+                # it ``outcome_unknown``). Past a third of the TTL before expiry, give up: a
+                # write that lands after expiry could collide with a new holder's claim.
+                margin = timedelta(seconds=self.ttl / 3)
+                if utcnow() + timedelta(seconds=WRITE_RETRY_PAUSE) >= self.stored_expires - margin:
+                    raise
+                await asyncio.sleep(WRITE_RETRY_PAUSE)
             except LedgerConflict:
                 stored, revision = await self.ledger.read(self.key)
                 if stored is None or stored.owner != self.owner or stored.state != "running" or revision is None:

@@ -23,6 +23,8 @@ import httpx
 from aiolimiter import AsyncLimiter
 from pydantic import ValidationError
 
+from pbxbridge import metrics as shared_metrics
+from pbxbridge import tracing
 from pbxbridge.config import Account
 from pbxbridge.redact import hold_token, register_secrets, release_token
 from pbxbridge.vendors.errors import (
@@ -71,6 +73,43 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class Reachability:
+    """How the account's vendor answered lately: what ``/readyz`` reports (``health.vendors_probe``).
+
+    An exchange that got an HTTP answer counts as answered, except a 5xx or a 429 (the vendor is
+    in trouble); a timeout, an unreachable host and refused credentials count as failures."""
+
+    __slots__ = ("last_at", "failure", "failing_since")
+
+    def __init__(self) -> None:
+        self.last_at: float | None = None  # monotonic time of the latest exchange, either way
+        self.failure: str | None = None  # why the latest exchange failed; None once one is answered
+        self.failing_since = 0.0
+
+    def answered(self) -> None:
+        self.last_at, self.failure = time.monotonic(), None
+
+    def failed(self, kind: str) -> None:
+        now = time.monotonic()
+        if self.failure is None:
+            self.failing_since = now
+        self.last_at, self.failure = now, kind
+
+
+def _error_kind(status: int) -> str | None:
+    """An HTTP status as an error kind for the metric (a bounded set), or None for a success."""
+    if status < 400:
+        return None
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth_refused"  # usually a session to renew, which the client does
+    return "http_5xx" if status >= 500 else "http_4xx"
+
+
+_VENDOR_TROUBLE = {"timeout", "unreachable", "rate_limited", "http_5xx"}
+
+
 class TokenStore(Protocol):
     """Where replicas share a vendor session token (the bus's ``tokens`` KV bucket)."""
 
@@ -103,10 +142,12 @@ class VendorClient:
         self._http = httpx.AsyncClient(
             base_url=account.base_url, transport=transport, timeout=opts.timeout, follow_redirects=False
         )
+        tracing.instrument_http(self._http)  # a span per request when tracing is on, secrets scrubbed
         self._limiter = AsyncLimiter(opts.rate_per_second, 1.0)
         self._slots = asyncio.Semaphore(opts.max_concurrency)
         self._login_lock = asyncio.Lock()
         self._token: str | None = None
+        self.reachability = Reachability()
 
     @property
     def token(self) -> str | None:
@@ -164,6 +205,7 @@ class VendorClient:
                     payload = await asyncio.to_thread(self.decode, op, response)
             except AuthExpired:
                 if attempt == 2:
+                    self.reachability.failed("auth_failed")
                     raise VendorAuthError("credentials refused after logging in again", **self._where(op)) from None
                 log.info("%s: session expired, logging in again", self._label(op))
                 await self._forget_session()
@@ -205,13 +247,37 @@ class VendorClient:
                 if left <= 0:
                     raise VendorDeadlineExceeded("the deadline passed before the vendor was called", **self._where(op))
                 budget = min(budget, left)
+            started, kind = time.perf_counter(), "cancelled"  # what is left when nothing below sets it
             try:
                 async with asyncio.timeout(budget):
-                    return await self._receive(op, request, max_bytes or opts.max_reply_bytes)
+                    response = await self._receive(op, request, max_bytes or opts.max_reply_bytes)
+                kind = _error_kind(response.status_code)
+                return response
             except (TimeoutError, httpx.TimeoutException):
+                kind = "timeout"
                 raise VendorTimeout(f"no complete reply within {budget:.1f}s", **self._where(op)) from None
             except httpx.TransportError as exc:
+                kind = "unreachable"
                 raise VendorTransientError(f"cannot reach vendor: {type(exc).__name__}", **self._where(op)) from None
+            except VendorReplyTooLarge:
+                kind = "too_large"
+                raise
+            finally:
+                self._observe(op, time.perf_counter() - started, kind)
+
+    def _observe(self, op: Operation | None, seconds: float, kind: str | None) -> None:
+        """One exchange, for the metrics and for readiness. A cancelled one (the caller gave up:
+        a shutdown, a lost claim) says nothing about the vendor."""
+        if kind == "cancelled":
+            return
+        attrs = {"vendor": self.vendor.name, "operation": op.name if op else "download"}
+        shared_metrics.vendor_request_duration.record(seconds, attrs)
+        if kind is not None:
+            shared_metrics.vendor_request_errors.add(1, {**attrs, "kind": kind})
+        if kind in _VENDOR_TROUBLE:
+            self.reachability.failed(kind)
+        else:
+            self.reachability.answered()
 
     async def _receive(self, op: Operation | None, request: httpx.Request, max_bytes: int) -> httpx.Response:
         response = await self._http.send(request, stream=True, follow_redirects=False)
@@ -328,6 +394,7 @@ class VendorClient:
         try:
             return self.parse_reply(op, self.decode(op, response))
         except (AuthExpired, VendorPermanentError):
+            self.reachability.failed("auth_failed")
             raise VendorAuthError("login refused", **self._where(op)) from None
 
     def build_request(self, op: Operation, request: Any) -> httpx.Request:

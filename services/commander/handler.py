@@ -36,7 +36,10 @@ traceback in the log. Only bus failures propagate: the wiring redelivers later, 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -50,8 +53,11 @@ from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import utcnow
 from pbxbridge.bus.ledger import Claim, ClaimHeld, ClaimLost, Done, Held, Ledger, LedgerEntry, ledger_key
 from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, publish_stored, retry_delay
+from pbxbridge.commands import NEUTRAL_COMMANDS
 from pbxbridge.config import Account, Config
+from pbxbridge.metrics import SECONDS_BUCKETS
 from pbxbridge.recordings import RecordingJob
+from pbxbridge.vendors import get_vendor, vendor_names
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import VendorDeadlineExceeded, VendorError, VendorTimeout
 from services.commander import activities
@@ -67,6 +73,21 @@ MAX_RESULT_BYTES = 512 * 1024
 
 # Errors from an earlier attempt that mean the vendor may have acted.
 MAY_HAVE_ACTED = ("timeout", "outcome_unknown")
+
+# When the delivery being handled arrived (perf_counter), for the duration metric. A context
+# variable: each delivery runs in its own task, and ``_finish`` is reached from many places.
+_arrived: contextvars.ContextVar[float] = contextvars.ContextVar("command_arrived")
+
+
+@functools.lru_cache(maxsize=1024)
+def command_labels(vendor: str, name: str) -> tuple[str, str]:
+    """(vendor, operation) as metric labels: a subject can name anything, a label set must stay
+    bounded, so what pbxbridge does not know is ``unknown``."""
+    if vendor not in vendor_names():
+        return "unknown", "unknown"
+    if name.startswith("op."):
+        return vendor, name if name[3:] in get_vendor(vendor).operations else "unknown"
+    return vendor, name if name in NEUTRAL_COMMANDS else "unknown"
 
 
 def is_bus_failure(exc: BaseException) -> bool:
@@ -116,11 +137,18 @@ class CommandHandler:
         # Heartbeats well inside both the claim's life and JetStream's patience.
         self.beat_every = min(self.settings.command_claim_ttl, self.settings.command_ack_wait) / 3
         meter = metrics.get_meter("pbxbridge.commander")
-        self._outcomes = meter.create_counter("pbxbridge.commands", description="commands by final outcome")
+        self._outcomes = meter.create_counter(
+            "pbxbridge.commands", unit="{command}", description="commands concluded, by vendor, operation and outcome",
+        )
+        self._duration = meter.create_histogram(
+            "pbxbridge.command.duration", unit="s", explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+            description="from the concluding delivery's arrival to its result, by vendor, operation and outcome",
+        )
         self._retries = meter.create_counter("pbxbridge.command_retries", description="delayed redeliveries")
         self._deferred = meter.create_counter("pbxbridge.commands_deferred", description="offered again: account busy")
 
     async def handle(self, delivery: Delivery) -> Disposition:
+        _arrived.set(time.perf_counter())
         try:
             return await self._handle(delivery)
         except ClaimHeld:  # another delivery of this id is at work: let it end, look again later
@@ -297,8 +325,12 @@ class CommandHandler:
             account=command.account, status=status, attempts=claim.attempt if claim is not None else 1,
             result=result, error=error,
         ), claim=claim)
-        self._outcomes.add(1, {"vendor": command.vendor, "status": stored.status})
-        log.info("%s/%s %s %s: %s", command.vendor, command.account, command.name, command.id, stored.status)
+        vendor, operation = command_labels(command.vendor, command.name)
+        attrs = {"vendor": vendor, "operation": operation, "outcome": stored.status}
+        self._outcomes.add(1, attrs)
+        self._duration.record(time.perf_counter() - _arrived.get(time.perf_counter()), attrs)
+        # DEBUG: one line per command is the hot path's largest cost; the metrics count them.
+        log.debug("%s/%s %s %s: %s", command.vendor, command.account, command.name, command.id, stored.status)
 
     async def _give_up(self, claim: Claim, command: Command, delivery: Delivery, error: dict) -> None:
         """Retries exhausted: the result says failed, and a dead letter keeps the command for a person."""

@@ -10,19 +10,21 @@ import re
 import nats.protocol.parser
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
+from pbxbridge.bus.consumers import COMMANDER as CONSUMER, commander_consumer
+from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
-from pbxbridge.config import Config, Settings
+from pbxbridge.config import Config
+from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
+from pbxbridge.metrics import ConsumerSampler
 from pbxbridge.vendors import client_for
 from services.commander.handler import CommandHandler
 from services.commander.plan import Delivery
 
 log = logging.getLogger("pbxbridge.commander")
-
-CONSUMER = "commander"
 
 
 def read_any_subject() -> None:
@@ -41,24 +43,6 @@ def read_any_subject() -> None:
         rb"\AHMSG" + gap + field + gap + field + gap + rb"(" + field + gap + rb")?(\d+)" + gap + rb"(\d+)\r\n")
 
 
-def commands_consumer(bus: Bus, settings: Settings) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=CONSUMER,
-        filter_subject=bus.subjects.all_commands,
-        ack_policy=JetStreamAckPolicy.EXPLICIT,
-        # One delivery beyond the handler's last (which always concludes), so a worker dying on
-        # that one still ends the command.
-        max_deliver=settings.command_max_deliveries + 1,
-        # Work in progress says so: ``in_progress`` with every claim heartbeat.
-        ack_wait=settings.command_ack_wait,
-    )
-
-
-async def ensure_commands_consumer(bus: Bus, settings: Settings) -> None:
-    """Create or update the shared consumer: subscribing to an existing durable keeps its old settings."""
-    await bus.js.add_consumer(bus.names.commands, commands_consumer(bus, settings))
-
-
 async def raw_body(msg: NatsMessage) -> bytes:
     """FastStream's decoder would parse JSON before our handler runs, and a body it cannot parse
     (deep nesting, a 5,000-digit number, a bad body under ``content-type``) would never reach
@@ -69,20 +53,22 @@ async def raw_body(msg: NatsMessage) -> bytes:
 def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroker:
     settings = config.settings
     read_any_subject()
-    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
-
-    consumer = commands_consumer(bus, settings)
+    # The bus's servers, credentials and TLS; our handlers log (FastStream's access log is noise);
+    # its telemetry middleware continues the sender's trace from ``traceparent`` when tracing is on.
+    broker = NatsBroker(**bus.broker_kwargs(), logger=None, middlewares=tracing.broker_middlewares())
+    consumer = commander_consumer(settings)
 
     @broker.subscriber(
-        consumer.filter_subject,
-        stream=JStream(bus.names.commands, declare=False),
+        consumer.config.filter_subject,
+        stream=JStream(consumer.stream, declare=False),
         durable=CONSUMER,
         pull_sub=PullSub(batch_size=settings.command_concurrency, timeout=1.0),
         max_workers=settings.command_concurrency,
         decoder=raw_body,
         # Acks are ours: FastStream's default would terminate a message whose handler raised.
         ack_policy=AckPolicy.MANUAL,
-        config=consumer,
+        # Used only if the durable does not exist yet; serve() has created or verified it.
+        config=consumer.config,
     )
     async def on_command(msg: NatsMessage) -> None:
         raw = msg.raw_message
@@ -105,17 +91,29 @@ def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroke
     return broker
 
 
-async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
-    ledger = Ledger(await bus.js.key_value(bus.names.ledger))
-    tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health | None = None) -> None:
+    names, health = bus.names, health or Health()
+    ledger = Ledger(await bus.js.key_value(names.ledger))
+    tokens = KvTokenStore(await bus.js.key_value(names.tokens))
+    # Created or updated here (PBX_PROVISION=create), or only looked up (verify: provisioning made it).
+    consumer = commander_consumer(config.settings)
+    await ensure_consumers(bus.js, config.settings, [consumer])
     clients = {a.key: client_for(a, token_store=tokens) for a in config.accounts}
-    await ensure_commands_consumer(bus, config.settings)
     broker = build_broker(bus, CommandHandler(config, bus, ledger, clients), config)
+    sampler = ConsumerSampler(bus.js, [(consumer.stream, consumer.config.durable_name)], every=config.settings.consumer_sample_interval)
     log.info("commander %s: %d account(s)", config.settings.instance, len(clients))
     try:
         async with broker:
             await broker.start()
-            await stop.wait()
+            health.add("commander.bus", bus_probe(
+                bus, streams=[names.commands, names.results, names.dead_letters, names.jobs],
+                buckets=[names.ledger, names.tokens],
+            ))
+            health.add("commander.consumer", consumers_probe(sampler))
+            health.add("commander.vendors", vendors_probe(clients.values()))
+            await asyncio.gather(sampler.run(stop), stop.wait())
     finally:
+        for name in ("commander.bus", "commander.consumer", "commander.vendors"):
+            health.remove(name)
         for client in clients.values():
             await client.aclose()

@@ -20,8 +20,13 @@ from typing import NamedTuple
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+
+# Seconds between looks at the connection while an ack is awaited.
+ACK_LOOK_EVERY = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +55,19 @@ async def publish_in_order(
     ack_timeout: float = 5.0,
     checkpoint_every: int = 2000,
     on_acked: Callable[[int, int], Awaitable[None]],
+    connection: NatsClient | None = None,
 ) -> int:
     """Publish ``messages[start:]``; raise ``PublishInterrupted`` on the first missing ack.
 
     Every message carries its ``Nats-Msg-Id``, so publishing again from ``e.acked`` after an
     interruption stores nothing twice even when an ack, not the message, was lost.
-    Returns how many of them JetStream already had (acked as duplicates)."""
+    Returns how many of them JetStream already had (acked as duplicates).
+
+    With ``connection`` (the client behind ``js``), an ack still missing once that client has
+    reconnected (its node died) interrupts at once: it went out on the dead connection and
+    cannot come back, so waiting ``ack_timeout`` for it only stalls the feed."""
     pending: deque[asyncio.Future] = deque()
+    sent_on: deque[int] = deque()  # the connection each pending message went out on
     acked = reported = start
     duplicates = last_seq = 0
 
@@ -76,20 +87,35 @@ async def publish_in_order(
         duplicates += ack.duplicate or 0
         last_seq = max(last_seq, ack.seq)  # a duplicate's ack names the original's sequence
 
+    def connection_number() -> int:
+        """Counts the client's connections; a message published while it reconnects goes out on the next one."""
+        if connection is None:
+            return 0
+        return connection.stats["reconnects"] + connection.is_reconnecting
+
     async def wait_oldest() -> None:
         future = pending[0]
-        try:
-            await asyncio.wait_for(asyncio.shield(future), ack_timeout)
-        except asyncio.TimeoutError:
-            raise interrupted(TimeoutError(f"no ack within {ack_timeout}s")) from None
-        except Exception:
-            pass  # settle() reports the future's own error
+        give_up = asyncio.get_running_loop().time() + ack_timeout
+        while True:
+            left = give_up - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(asyncio.shield(future), min(left, ACK_LOOK_EVERY))
+                break
+            except asyncio.TimeoutError:
+                if connection_number() > sent_on[0]:
+                    raise interrupted(ConnectionError("the connection it went out on was replaced before its ack")) from None
+                if left <= ACK_LOOK_EVERY:
+                    raise interrupted(TimeoutError(f"no ack within {ack_timeout}s")) from None
+            except Exception:
+                break  # settle() reports the future's own error
+        sent_on.popleft()
         settle(pending.popleft())
 
     async def drain() -> None:
         """Settle every leading future that is done (no awaiting), checkpoint when due."""
         nonlocal reported
         while pending and pending[0].done():
+            sent_on.popleft()
             settle(pending.popleft())
         if acked - reported >= checkpoint_every:
             reported = acked
@@ -102,7 +128,9 @@ async def publish_in_order(
             await drain()
             m = messages[i]
             try:
+                number = connection_number()
                 pending.append(await js.publish_async(m.subject, m.body, headers=m.headers))
+                sent_on.append(number)
             except (asyncio.CancelledError, PublishInterrupted):
                 raise
             except Exception as exc:

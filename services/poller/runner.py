@@ -20,14 +20,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from opentelemetry import metrics
 from pydantic import ValidationError
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri
 from pbxbridge.bus.outcomes import DeadLetter, dead_letter
 from pbxbridge.config import Account
 from pbxbridge.events import FeedHealth
+from pbxbridge.health import Probe, Status
+from pbxbridge.metrics import SECONDS_BUCKETS, feed_lag
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import (
     MalformedReplyError,
@@ -52,13 +56,17 @@ class Meters:
 
     def __init__(self, meter: metrics.Meter | None = None) -> None:
         meter = meter or metrics.get_meter("pbxbridge.poller")
-        self.published = meter.create_counter("pbx.poller.events.published", unit="{event}", description="events acknowledged by JetStream")
-        self.feed_errors = meter.create_counter("pbx.poller.feed.errors", unit="{poll}", description="polls that failed, by status")
-        self.malformed = meter.create_counter("pbx.poller.malformed_replies", unit="{reply}", description="vendor replies that broke the feed's model")
-        self.publish_retries = meter.create_counter("pbx.poller.publish.retries", unit="{retry}", description="publish runs interrupted by the bus")
-        self.gaps = meter.create_counter("pbx.poller.backlog.truncated", unit="{poll}", description="polls whose backlog exceeded the feed's max page")
-        self.rejected = meter.create_counter("pbx.poller.records.rejected", unit="{record}", description="records the reply model refused, dead-lettered")
-        self.late = meter.create_counter("pbx.poller.records.late", unit="{record}", description="records found below the cursor never published, by outcome")
+        self.published = meter.create_counter("pbxbridge.poller.events.published", unit="{event}", description="events acknowledged by JetStream")
+        self.feed_errors = meter.create_counter("pbxbridge.poller.feed.errors", unit="{poll}", description="polls that failed, by status")
+        self.malformed = meter.create_counter("pbxbridge.poller.malformed_replies", unit="{reply}", description="vendor replies that broke the feed's model")
+        self.publish_retries = meter.create_counter("pbxbridge.poller.publish.retries", unit="{retry}", description="publish runs interrupted by the bus")
+        self.gaps = meter.create_counter("pbxbridge.poller.backlog.truncated", unit="{poll}", description="polls whose backlog exceeded the feed's max page")
+        self.rejected = meter.create_counter("pbxbridge.poller.records.rejected", unit="{record}", description="records the reply model refused, dead-lettered")
+        self.late = meter.create_counter("pbxbridge.poller.records.late", unit="{record}", description="records found below the cursor never published, by outcome")
+        self.poll_duration = meter.create_histogram(
+            "pbxbridge.poller.poll.duration", unit="s", explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+            description="one poll: fetch, publish and cursor, by vendor and feed (not account: a histogram per account is too many series)",
+        )
 
 
 @dataclass
@@ -181,6 +189,7 @@ class Poller:
         self.source = f"pbxbridge/{account.vendor}/{account.id}"
         self.reported = OK
         self.pin = HeapPinning()
+        self.newest_seen = 0.0  # epoch seconds of the newest record seen: the feed lag gauge's source
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -210,7 +219,7 @@ class Poller:
                 duplicates += await publish_in_order(
                     self.bus.js, messages, start=committed, window=self.tuning.window,
                     ack_timeout=self.tuning.ack_timeout, checkpoint_every=self.tuning.checkpoint_every,
-                    on_acked=checkpoint,
+                    on_acked=checkpoint, connection=self.bus.nc,
                 )
             except PublishInterrupted as exc:
                 await checkpoint(exc.acked, exc.seq)
@@ -219,7 +228,10 @@ class Poller:
                             self.label, exc.cause, committed, len(messages))
                 if await wait_or_stop(stop, backoff):
                     return False
-                backoff = min(backoff * 2, 5.0)
+                # No responders: the stream is electing a leader after a node died (4-9 s), and
+                # asking costs the server nothing; a doubled wait would add up to 5 s after it.
+                electing = isinstance(exc.cause, nats.js.errors.NoStreamResponseError)
+                backoff = self.tuning.retry_backoff if electing else min(backoff * 2, 5.0)
         if messages:
             log.info("%s: published %d event(s)%s", self.label, len(messages),
                      f", {duplicates} already on the bus" if duplicates else "")
@@ -267,16 +279,34 @@ class Poller:
 
     # ---- schedule --------------------------------------------------------------------------
 
+    def saw(self, newest: float) -> None:
+        """A record (or a state feed's snapshot) of time ``newest`` was seen: the lag's source."""
+        if newest > self.newest_seen:
+            self.newest_seen = newest
+            feed_lag.set(self.attrs, newest)
+
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            feed_lag.forget(self.attrs)  # the replica that takes the lease over reports it now
+
+    async def _run(self, stop: asyncio.Event) -> None:
         """Poll by deadline (start + k * interval, plus jitter), never sleep-after-poll."""
         interval = interval_of(self.feed, self.account)
+        duration_attrs = {"vendor": self.account.vendor, "feed": self.feed.name}
         await self.start()
         deadline = time.monotonic()
         while not stop.is_set():
             jitter = random.uniform(0, min(self.tuning.jitter * interval, self.tuning.max_jitter))
             if await wait_or_stop(stop, deadline + jitter - time.monotonic()):
                 return
-            hold_off = await self.poll_once(stop)
+            started = time.perf_counter()
+            # One trace per poll: its vendor requests and every event it publishes carry it.
+            with tracing.span(f"poll {self.feed.name}", **{"pbx.vendor": self.account.vendor,
+                                                          "pbx.account": self.account.id, "pbx.feed": self.feed.name}):
+                hold_off = await self.poll_once(stop)
+            self.meters.poll_duration.record(time.perf_counter() - started, duration_attrs)
             deadline += interval
             now = time.monotonic()
             if deadline < now:  # a slow poll: skip missed deadlines rather than burst
@@ -300,6 +330,7 @@ class FeedPoller(Poller):
         self.store = store
         self.cursor: Cursor | None = None
         self.cursor_dirty = False  # advanced in memory, not yet written (bus trouble)
+        self.truncated = False  # the last fetch_since could not reach back to its floor
 
     # ---- one poll ------------------------------------------------------------------------
 
@@ -371,11 +402,15 @@ class FeedPoller(Poller):
             await discard(done)
         return None
 
-    async def fetch_new(self) -> Page:
-        """The records the cursor has not seen, oldest first, and what cannot be published."""
-        feed, floor = self.feed, self.cursor.floor
+    async def fetch_since(self, floor: float) -> tuple[Page, list[Stamped], bool]:
+        """Every record from ``floor`` (epoch seconds) on, as the vendor lists it now: (the page,
+        its records oldest first with repeats numbered, whether the page was full). A page that
+        stays full at the feed's ``max_page`` without reaching back to ``floor`` is the newest
+        records only: ``truncated`` is set, with a warning."""
+        feed = self.feed
         since = datetime.fromtimestamp(floor, timezone.utc)
         limit = feed.page_size
+        self.truncated = False
         while True:
             rows = await feed.fetch(self.client, FetchWindow(since, limit))
             page = await self.parse(rows[::-1] if feed.newest_first else rows)
@@ -384,13 +419,22 @@ class FeedPoller(Poller):
             if not full or reaches_back:
                 break
             if limit >= feed.max_page:
+                self.truncated = True
                 self.meters.gaps.add(1, self.attrs)
-                log.warning("%s: more than %d records since the cursor; taking the newest", self.label, limit)
+                log.warning("%s: more than %d records since %s; taking the newest", self.label, limit, since.isoformat())
                 break
             limit = _next_limit(limit, [r[0] for r in page.records], floor, feed.max_page)
         # Stable sort: records of the same instant keep the vendor's (arrival) order.
         records = await _number_repeats(sorted(page.records, key=_time_of))
+        if records:
+            self.saw(records[-1][0])
         await breathe()
+        return page, records, full
+
+    async def fetch_new(self) -> Page:
+        """The records the cursor has not seen, oldest first, and what cannot be published."""
+        floor = self.cursor.floor
+        page, records, full = await self.fetch_since(floor)
         # A full page may begin in the middle of a minute: that minute cannot be judged.
         complete_from = (min(r[0] for r in records) // 60 + 1) * 60 if full and records else 0.0
         late, page.undecidable = self.cursor.unrecorded((r for r in records if r[0] < floor), complete_from=complete_from)
@@ -547,6 +591,9 @@ class FeedSupervisor:
 
     def __init__(self, bus: Bus, lease: Lease, poller: Poller) -> None:
         self.bus, self.lease, self.poller = bus, lease, poller
+        # For readiness: starting (no answer from the lease bucket yet), waiting (another replica
+        # polls the feed), polling (ours), restarting (the poller failed; taken again shortly).
+        self.state = "starting"
 
     async def run(self, stop: asyncio.Event) -> None:
         every = self.lease.ttl / 3
@@ -554,13 +601,16 @@ class FeedSupervisor:
         try:
             while not stop.is_set():
                 if not await self.lease.acquire():
+                    self.state = "waiting"
                     await wait_or_stop(stop, every * random.uniform(0.5, 1.0))
                     continue
+                self.state = "polling"
                 log.info("%s: lease taken by %s", label, self.lease.owner)
                 polling = asyncio.create_task(self.poller.run(stop), name=f"poll {label}")
                 while not polling.done():
                     await asyncio.wait([polling], timeout=every)
                     if not polling.done() and not await self.lease.renew():
+                        self.state = "waiting"
                         log.warning("%s: lease lost; stopping", label)
                         polling.cancel()
                         await asyncio.gather(polling, return_exceptions=True)
@@ -571,6 +621,24 @@ class FeedSupervisor:
                     else:
                         log.error("%s: poller failed; restarting it", label, exc_info=exc)
                     self.lease.revision = None
+                    self.state = "restarting"
                     await wait_or_stop(stop, every)
         finally:
             await self.lease.release()
+
+
+def leases_probe(supervisors: Sequence[FeedSupervisor]) -> Probe:
+    """Every feed's lease is held (polling) or waiting for another replica's to end; a feed whose
+    poller failed and restarts is named (degraded: the others poll); none answered yet: failing."""
+
+    async def probe() -> Status:
+        states = Tally(s.state for s in supervisors)
+        data = {"feeds": len(supervisors), **states}
+        if states["starting"]:
+            return Status("failing", f"{states['starting']} feed lease(s) not reached yet", data)
+        restarting = [s.poller.label for s in supervisors if s.state == "restarting"]
+        if restarting:
+            return Status("degraded", "poller failed, restarting: " + ", ".join(restarting), data)
+        return Status("ok", data=data)
+
+    return probe

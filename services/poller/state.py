@@ -101,6 +101,7 @@ class StatePoller(Poller):
         except _MALFORMED as exc:
             await self.failed(exc)
             return getattr(exc, "retry_after", None) if isinstance(exc, VendorRateLimited) else None
+        self.saw(observed_at)
         if self.reported != OK:
             await self.report(OK, None)
         changes = await self.diff(current)

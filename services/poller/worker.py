@@ -10,11 +10,12 @@ from opentelemetry import metrics
 from pbxbridge.bus import Bus
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config
+from pbxbridge.health import Health, bus_probe, vendors_probe
 from pbxbridge.vendors import client_for
 from services.poller.cursor import CursorStore
 from pbxbridge.feeds import StateFeed, feeds_of, names_of
 from services.poller.lease import Lease
-from services.poller.runner import FeedPoller, FeedSupervisor, Meters, Tuning
+from services.poller.runner import FeedPoller, FeedSupervisor, Meters, Tuning, leases_probe
 from services.poller.snapshot import SnapshotStore
 from services.poller.state import StatePoller
 
@@ -23,9 +24,9 @@ log = logging.getLogger("pbxbridge.poller")
 
 async def serve(
     config: Config, bus: Bus, stop: asyncio.Event, *,
-    tuning: Tuning | None = None, meter: metrics.Meter | None = None,
+    tuning: Tuning | None = None, meter: metrics.Meter | None = None, health: Health | None = None,
 ) -> None:
-    settings, names = config.settings, bus.names
+    settings, names, health = config.settings, bus.names, health or Health()
     cursors = await bus.js.key_value(names.cursors)
     leases = await bus.js.key_value(names.leases)
     tokens = KvTokenStore(await bus.js.key_value(names.tokens))
@@ -53,8 +54,15 @@ async def serve(
                 )
             supervisors.append(FeedSupervisor(bus, Lease(leases, key, settings.instance, settings.lease_ttl), poller))
     log.info("poller %s: %d feed(s) over %d account(s)", settings.instance, len(supervisors), len(clients))
+    health.add("poller.bus", bus_probe(
+        bus, streams=[names.events, names.dead_letters], buckets=[names.cursors, names.leases, names.tokens],
+    ))
+    health.add("poller.leases", leases_probe(supervisors))
+    health.add("poller.vendors", vendors_probe(clients))
     try:
         await asyncio.gather(*(s.run(stop) for s in supervisors), stop.wait())
     finally:
+        for name in ("poller.bus", "poller.leases", "poller.vendors"):
+            health.remove(name)
         for client in clients:
             await client.aclose()

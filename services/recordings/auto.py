@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from pbxbridge.bus import Bus
+from pbxbridge.bus.consumers import AUTO_ARCHIVE_TRIGGERS
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError
 from pbxbridge.bus.ledger import ledger_key
 from pbxbridge.bus.outcomes import DeadLetter, dead_letter
@@ -40,7 +41,7 @@ from services.recordings.handler import ACK, Disposition
 
 log = logging.getLogger("pbxbridge.recordings")
 
-TRIGGERS: dict[str, type[CallEnded] | type[VoicemailReceived]] = {t.event: t for t in (CallEnded, VoicemailReceived)}
+TRIGGERS: dict[str, type[CallEnded] | type[VoicemailReceived]] = {t.event: t for t in AUTO_ARCHIVE_TRIGGERS}  # type: ignore[misc]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ import hashlib
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, asdict
 from datetime import datetime
@@ -46,12 +47,14 @@ from pathlib import Path
 from opentelemetry import metrics
 from pydantic import ValidationError
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError, utcnow
 from pbxbridge.bus.ledger import Claim, ClaimLost, Done, Held, Ledger
 from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, publish_stored, retry_delay
 from pbxbridge.commands import RecordingFetch
 from pbxbridge.config import Config, RecordingArchive
+from pbxbridge.metrics import SECONDS_BUCKETS, vendor_label
 from pbxbridge.recordings import RecordingJob, RecordingNotReady
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import VendorError, VendorNotFound
@@ -99,8 +102,19 @@ class RecordingHandler:
         self.config, self.bus, self.ledger, self.archives, self.clients = config, bus, ledger, archives, clients
         self.settings = config.settings
         meter = metrics.get_meter("pbxbridge.recordings")
-        self._archived = meter.create_counter("pbxbridge.recordings_archived", unit="By", description="bytes archived")
-        self._not_ready = meter.create_counter("pbxbridge.recordings_not_ready", description="fetches put off")
+        self._outcomes = meter.create_counter(
+            "pbxbridge.recordings", unit="{recording}", description="recording jobs concluded, by vendor and outcome",
+        )
+        self._archived = meter.create_counter(
+            "pbxbridge.recordings.archived", unit="By", description="bytes archived, by vendor and codec",
+        )
+        self._not_ready = meter.create_counter(
+            "pbxbridge.recordings.not_ready", unit="{fetch}", description="fetches put off: the vendor had not finished the recording",
+        )
+        self._conversion = meter.create_histogram(
+            "pbxbridge.recordings.conversion.duration", unit="s", explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+            description="decoding the vendor's audio and encoding the archive, by source format and codec",
+        )
 
     async def handle(self, delivery: JobDelivery) -> Disposition:
         try:
@@ -185,11 +199,12 @@ class RecordingHandler:
             return stored
         if not stored.announced:
             # Announce before noting it: a stop in between announces again under the same event id.
-            event_id = await activities.announce(self.bus, activities.Announcement(
-                vendor=job.vendor, account=job.account, call_id=request.call_id, archived=stored.archived,
-                command_id=job.command_id, source=stored.source,
-            ))
-            await archive.mark_announced(name, event_id)
+            with tracing.span("recording.announce", **{"pbx.archive.name": name}):
+                event_id = await activities.announce(self.bus, activities.Announcement(
+                    vendor=job.vendor, account=job.account, call_id=request.call_id, archived=stored.archived,
+                    command_id=job.command_id, source=stored.source,
+                ))
+                await archive.mark_announced(name, event_id)
         facts = asdict(stored.archived)
         result = {**facts, "already_archived": True} if stored.announced else facts
         await self._end(job, delivery, "succeeded", result=result)
@@ -201,7 +216,8 @@ class RecordingHandler:
         request: RecordingFetch, name: str, claim: Claim, work: Path,
     ) -> activities.Stored | Disposition:
         try:
-            audio = await activities.fetch_audio(activities.Fetch(client, request, into=work / "served"))
+            with tracing.span("recording.fetch", **{"pbx.vendor": job.vendor, "pbx.account": job.account}):
+                audio = await activities.fetch_audio(activities.Fetch(client, request, into=work / "served"))
         except RecordingNotReady as exc:
             return await self._wait_for_recording(job, delivery, request, exc.retry_after, "the vendor has not finished the recording")
         except VendorError as exc:
@@ -216,18 +232,22 @@ class RecordingHandler:
             return ACK
         try:
             target = request.format or self.settings.recording_format
-            converted = await activities.convert_audio(activities.Conversion(audio, target, into=work / f"archive.{archive_extension(target)}"))
+            started = time.perf_counter()
+            with tracing.span("recording.convert", **{"pbx.source_format": audio.format, "pbx.target_format": target}):
+                converted = await activities.convert_audio(activities.Conversion(audio, target, into=work / f"archive.{archive_extension(target)}"))
+            self._conversion.record(time.perf_counter() - started, {"source_format": audio.format, "codec": converted.codec})
         except AudioError as exc:
             await self._fail(job, delivery, "failed", {"kind": "bad_audio", "message": str(exc), "source_format": audio.format})
             return ACK
         await claim.renew()  # still ours right before writing (ClaimLost if another job took the name over)
         try:
-            archived = await archive.store_verified(name, converted, audio)
+            with tracing.span("recording.store", **{"pbx.archive.name": name, "pbx.archive.bytes": converted.size}):
+                archived = await archive.store_verified(name, converted, audio)
         except activities.ChecksumMismatch as exc:
             log.warning("%s; archiving again", exc)
             delay = retry_delay(self.settings, delivery.attempt)
             return await self._put_off(job, delivery, delay, {"kind": "checksum_mismatch", "message": str(exc)})
-        self._archived.add(archived.bytes, {"vendor": job.vendor, "codec": archived.codec})
+        self._archived.add(archived.bytes, {"vendor": vendor_label(job.vendor), "codec": archived.codec})
         return activities.Stored(archived, source=audio.source, announced=False)
 
     async def _wait_for_recording(
@@ -238,7 +258,7 @@ class RecordingHandler:
         if waited >= self.settings.recording_max_wait:
             await self._fail(job, delivery, "failed", {"kind": "not_ready", "message": f"still not ready after {waited:.0f}s: {why}"})
             return ACK
-        self._not_ready.add(1, {"vendor": job.vendor})
+        self._not_ready.add(1, {"vendor": vendor_label(job.vendor)})
         # The vendor's hint is a floor, not the pace: recording_max_wait must fit in recording_max_deliver.
         backoff = retry_delay(self.settings, min(delivery.attempt, 6))
         delay = max(backoff, min(retry_after or 0.0, self.settings.command_backoff_max))
@@ -263,6 +283,7 @@ class RecordingHandler:
             await conclude(self.bus, self.ledger, ending)
         else:  # kept where a second job for the call finds it; published to nobody
             await self.ledger.finish(job.ledger_key, result=ending.to_result())
+        self._outcomes.add(1, {"vendor": vendor_label(job.vendor), "outcome": status})
         log.info("%s/%s recording.fetch %s: %s", job.vendor, job.account, job.command_id, status)
 
     async def _fail(self, job: RecordingJob, delivery: JobDelivery, status: str, error: dict) -> None:

@@ -11,12 +11,18 @@ import logging
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from nats.js.api import AckPolicy as JetStreamAckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig
 
+from pbxbridge import tracing
 from pbxbridge.bus import Bus
+from pbxbridge.bus.consumers import RECORDINGS as CONSUMER
+from pbxbridge.bus.consumers import recordings_consumers, recordings_jobs_consumer, recordings_trigger_consumer
+from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config, Settings
+from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
+from pbxbridge.metrics import ConsumerSampler
 from pbxbridge.vendors import client_for, optional_module
 from services.recordings.activities import Archive, ObjectStoreArchive
 from services.recordings.auto import TRIGGERS, AutoArchive, EventDelivery
@@ -24,42 +30,24 @@ from services.recordings.handler import JobDelivery, RecordingHandler
 
 log = logging.getLogger("pbxbridge.recordings")
 
-CONSUMER = "recordings"
 CONCURRENCY = 4  # conversions are CPU-bound: a few at a time per replica
 
 
 def jobs_consumer(bus: Bus, settings: Settings) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=CONSUMER,
-        filter_subject=f"{bus.subjects.prefix}.jobs.recordings.>",
-        ack_policy=JetStreamAckPolicy.EXPLICIT,
-        # One delivery beyond the handler's last, so a worker dying on that one still ends the job.
-        max_deliver=settings.recording_max_deliver + 1,
-        ack_wait=settings.recording_ack_wait,
-    )
+    """The shared durable on the jobs stream (declared in pbxbridge/bus/consumers.py)."""
+    return recordings_jobs_consumer(settings).config
 
 
 def trigger_consumer(bus: Bus, event: str) -> ConsumerConfig:
-    """One per trigger event type. ``ALL``: a call.ended published before the worker first
-    started is archived too (jobs are idempotent; accounts without the option are skipped)."""
-    return ConsumerConfig(
-        durable_name=f"{CONSUMER}-auto-{event.replace('.', '-')}",
-        filter_subject=f"{bus.subjects.prefix}.events.*.*.{event}",
-        ack_policy=JetStreamAckPolicy.EXPLICIT,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_wait=30,
-    )
-
-
-async def ensure_consumers(bus: Bus, consumers: list[tuple[str, ConsumerConfig]]) -> None:
-    """Create or update the shared consumers: subscribing to an existing durable keeps its old settings."""
-    for stream, consumer in consumers:
-        await bus.js.add_consumer(stream, consumer)
+    """The shared durable on the events stream for one trigger event type."""
+    return recordings_trigger_consumer(bus.settings, event).config
 
 
 def build_broker(bus: Bus, handler: RecordingHandler, auto: AutoArchive | None, config: Config) -> NatsBroker:
     settings = config.settings
-    broker = NatsBroker(bus.url, logger=None)  # our handlers log; FastStream's access log is noise
+    # The bus's servers, credentials and TLS; our handlers log (FastStream's access log is noise);
+    # its telemetry middleware continues the sender's trace from ``traceparent`` when tracing is on.
+    broker = NatsBroker(**bus.broker_kwargs(), logger=None, middlewares=tracing.broker_middlewares())
     consumer = jobs_consumer(bus, settings)
 
     @broker.subscriber(
@@ -130,20 +118,31 @@ async def open_archives(config: Config, bus: Bus, stack: contextlib.AsyncExitSta
     return archives
 
 
-async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
-    ledger = Ledger(await bus.js.key_value(bus.names.ledger))
-    tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health | None = None) -> None:
+    names, health = bus.names, health or Health()
+    ledger = Ledger(await bus.js.key_value(names.ledger))
+    tokens = KvTokenStore(await bus.js.key_value(names.tokens))
     accounts = [a for a in config.accounts if optional_module(a.vendor, "recordings") is not None]
     auto = AutoArchive(config, bus) if any(a.options.archive_recordings for a in accounts) else None
-    consumers = [(bus.names.jobs, jobs_consumer(bus, config.settings))]
-    if auto is not None:
-        consumers += [(bus.names.events, trigger_consumer(bus, event)) for event in TRIGGERS]
-    await ensure_consumers(bus, consumers)
+    # Created or updated here (PBX_PROVISION=create), or only looked up (verify: provisioning made them).
+    consumers = recordings_consumers(config.settings, auto_archive=auto is not None)
+    await ensure_consumers(bus.js, config.settings, consumers)
+    sampler = ConsumerSampler(
+        bus.js, [(c.stream, c.config.durable_name) for c in consumers], every=config.settings.consumer_sample_interval,
+    )
+    probes = {
+        "recordings.bus": bus_probe(
+            bus, streams=[names.jobs, names.events, names.results, names.dead_letters],
+            buckets=[names.ledger, names.tokens], objects=[names.recordings],
+        ),
+        "recordings.consumers": consumers_probe(sampler),
+    }
     async with contextlib.AsyncExitStack() as stack:
         archives = await open_archives(config, bus, stack)
         clients = {a.key: client_for(a, token_store=tokens) for a in accounts}
         for client in clients.values():
             stack.push_async_callback(client.aclose)
+        probes["recordings.vendors"] = vendors_probe(clients.values())
         broker = build_broker(bus, RecordingHandler(config, bus, ledger, archives, clients), auto, config)
         log.info(
             "recordings %s: %d account(s) with recordings, %d archiving by themselves, archives: %s",
@@ -151,4 +150,10 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         )
         async with broker:
             await broker.start()
-            await stop.wait()
+            for name, probe in probes.items():
+                health.add(name, probe)
+            try:
+                await asyncio.gather(sampler.run(stop), stop.wait())
+            finally:
+                for name in probes:
+                    health.remove(name)

@@ -115,7 +115,7 @@ async def start_subprocess(settings: Settings, config_path: Path, instance: str,
     env = {
         **os.environ, **secrets,
         "PBX_NATS_URL": settings.nats_url or "", "PBX_PREFIX": settings.prefix, "PBX_CONFIG": str(config_path),
-        "PBX_INSTANCE": instance, "PBX_LEASE_TTL": str(settings.lease_ttl),
+        "PBX_INSTANCE": instance, "PBX_LEASE_TTL": str(settings.lease_ttl), "PBX_HEALTH_PORT": "0",
         "PBX_DUPLICATE_WINDOW": str(settings.duplicate_window), "PBX_DATA_DIR": str(settings.data_dir),
     }
     log = open(config_path.parent / f"poller-{instance}.log", "wb")

@@ -111,7 +111,9 @@ def fail_publishing(monkeypatch, bus: Bus, subject: str, times: float) -> Callab
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, bus: Bus, sim: object, *, recordings_replicas: int = 1) -> AsyncIterator[Rig]:
+async def running(
+    config: Config, bus: Bus, sim: object, *, recordings_replicas: int = 1, health: object = None,
+) -> AsyncIterator[Rig]:
     """A commander and ``recordings_replicas`` recordings workers, watching every archive write."""
     writes = ArchiveWrites()
 
@@ -121,7 +123,7 @@ async def running(config: Config, bus: Bus, sim: object, *, recordings_replicas:
     watch = await bus.nc.subscribe(f"$O.{bus.names.recordings}.M.>", cb=seen)
     stop = asyncio.Event()
     workers = [serve_commander] + [serve_recordings] * recordings_replicas
-    tasks = [asyncio.create_task(serve(config, bus, stop)) for serve in workers]
+    tasks = [asyncio.create_task(serve(config, bus, stop, health=health)) for serve in workers]
     account = config.accounts[0]
     try:
         yield Rig(bus, sim, account.vendor, account.id, writes)

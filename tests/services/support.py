@@ -129,15 +129,17 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def running_commander(
-    settings: Settings, bus: Bus, sim: YemotSimulator, *, accounts: tuple[str, ...] = ("acme",), **options: Any,
+    settings: Settings, bus: Bus, sim: YemotSimulator, *, accounts: tuple[str, ...] = ("acme",), health: Any = None,
+    **options: Any,
 ) -> AsyncIterator[Rig]:
-    """The commander's ``serve`` in this process, for ``accounts`` on ``sim`` (timeout 0.5 s unless given)."""
+    """The commander's ``serve`` in this process, for ``accounts`` on ``sim`` (timeout 0.5 s unless given),
+    registering its readiness on ``health`` if given."""
     from services.commander.worker import serve
 
     options.setdefault("timeout", 0.5)
     config = Config(settings=settings, accounts=[sim.account(a, **options) for a in accounts])
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, bus, stop))
+    task = asyncio.create_task(serve(config, bus, stop, health=health))
     try:
         yield Rig(bus, sim, accounts[0])
     finally:

@@ -100,7 +100,7 @@ async def test_restart_with_same_state_publishes_nothing_new(psettings: Settings
         await wait_for(lambda: len(sim.requests) >= polls_before + 3, what="three more polls")
         sim.add_sms(message="after the restart")
         await wait_for(lambda: _count_is(pbus, SEEDED + 1), what="the new SMS")
-    assert metric_sum(reader, "pbx.poller.events.published") == 1  # only the new one was even sent
+    assert metric_sum(reader, "pbxbridge.poller.events.published") == 1  # only the new one was even sent
     assert set(await stored_keys(pbus)) == expected_keys(sim)
 
 
@@ -146,7 +146,7 @@ async def test_malformed_reply_raises_health_keeps_cursor_and_recovers(psettings
         sim.faults = Faults(malformed_rate=1)
         sim.add_sms(message="sent during the fault")
         await wait_for(lambda: count(pbus, health_subject(pbus)), what="a health event")
-        await wait_for(lambda: metric_sum(reader, "pbx.poller.malformed_replies") >= 2, what="malformed counter")
+        await wait_for(lambda: metric_sum(reader, "pbxbridge.poller.malformed_replies") >= 2, what="malformed counter")
         assert (await cursors.get("yemot.acme.sms")).revision == before
         sim.faults = Faults()
         await wait_for(lambda: _count_is(pbus, SEEDED + 1), what="the SMS after recovery")
@@ -154,7 +154,7 @@ async def test_malformed_reply_raises_health_keeps_cursor_and_recovers(psettings
     health = [m.data for m in await read_all(pbus, health_subject(pbus))]
     assert [h["status"] for h in health] == ["malformed_reply", "recovered"]
     assert health[0]["feed"] == "sms" and health[0]["error"]["kind"] == "malformed_reply"
-    assert metric_sum(reader, "pbx.poller.feed.errors", status="malformed_reply") >= 2
+    assert metric_sum(reader, "pbxbridge.poller.feed.errors", status="malformed_reply") >= 2
 
 
 async def _count_is_on(bus: Bus, subject: str, n: int) -> bool:
@@ -175,7 +175,7 @@ async def test_row_failing_the_model_is_dead_lettered_once_and_skipped(psettings
         await wait_for(lambda: len(sim.requests) >= polls + 3, what="three more polls")
         sim.add_sms(message="later row")
         await wait_for(lambda: _count_is(pbus, SEEDED + 2), what="a later row")
-    assert metric_sum(reader, "pbx.poller.records.rejected") == 1  # dead-lettered once, not at every poll
+    assert metric_sum(reader, "pbxbridge.poller.records.rejected") == 1  # dead-lettered once, not at every poll
     letters = await read_all(pbus, dead_letter_subject(pbus), stream=pbus.names.dead_letters)
     assert len(letters) == 1
     assert letters[0].data["body"]["message"] == "broken row" and "server_date" in letters[0].data["reason"]
@@ -234,12 +234,12 @@ async def test_record_below_the_floor_never_published_is_published_or_dead_lette
         for second in (30, 40):
             sim.add_sms(message=f"late, with another {second}", when=base + timedelta(minutes=3, seconds=second))
         await wait_for(lambda: _count_is(pbus, 11), what="the late SMS")
-        await wait_for(lambda: metric_sum(reader, "pbx.poller.records.late", outcome="dead_lettered") == 3,
+        await wait_for(lambda: metric_sum(reader, "pbxbridge.poller.records.late", outcome="dead_lettered") == 3,
                        what="the undecidable minute dead-lettered")
         polls = len(sim.requests)
         await wait_for(lambda: len(sim.requests) >= polls + 3, what="three more polls")
-    assert metric_sum(reader, "pbx.poller.records.late", outcome="published") == 1
-    assert metric_sum(reader, "pbx.poller.records.late", outcome="dead_lettered") == 3  # once, not at every poll
+    assert metric_sum(reader, "pbxbridge.poller.records.late", outcome="published") == 1
+    assert metric_sum(reader, "pbxbridge.poller.records.late", outcome="dead_lettered") == 3  # once, not at every poll
     keys = await stored_keys(pbus)
     dead_lettered = {sms_key(SmsRow.model_validate(r)) for r in sim.sms if r["message"].startswith("late, with")}
     assert len(keys) == len(set(keys)) == 11 and set(keys) == expected_keys(sim) - dead_lettered

@@ -68,9 +68,10 @@ def event(feed: StateFeed, change: EntityChange, account: Account) -> EventData 
     if built is None:
         return None
     kind, fields = built
+    if issubclass(kind, StateChangeData):  # the runner fills these for state events only
+        fields = {"change": change.change, "sequence": change.sequence, **fields}
     return kind.model_validate({"vendor": "swan", "account": account.id, "key": change.entity,
-                                "occurred_at": datetime.now(timezone.utc), "change": change.change,
-                                "sequence": change.sequence, **fields})
+                                "occurred_at": datetime.now(timezone.utc), **fields})
 
 
 def appeared(observations: dict[str, Observation]) -> list[EntityChange]:

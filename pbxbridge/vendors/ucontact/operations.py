@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, StringConstraints, WithJsonSchema, model_validator
 
 from pbxbridge.vendors.operation import JsonEncoded, NoParams, Operation, Reply, Request, Vendor, WireSecret
 
@@ -75,7 +75,12 @@ def _server_time(value: object) -> object:
     return value
 
 
-ServerTime = Annotated[datetime, BeforeValidator(_server_time)]
+# Naive: written without an offset (not RFC 3339's date-time); the account's ``timezone`` option
+# says which zone it is in (the feeds apply it).
+ServerTime = Annotated[datetime, BeforeValidator(_server_time), WithJsonSchema({
+    "type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?$",
+    "description": "the server's local time, ISO 8601 without an offset: the account's timezone option names the zone",
+})]
 
 
 class AgentStatus(IntEnum):
