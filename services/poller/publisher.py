@@ -41,6 +41,101 @@ class PublishInterrupted(Exception):
         self.cause = cause
 
 
+class OrderedPublisher:
+    """``publish_in_order`` in pieces: ``send`` a batch as soon as it is built (waiting only
+    while ``window`` messages are in flight), ``send`` the next one, ``finish`` when there is
+    no more. The caller builds the next batch while the previous one's acks arrive, so
+    building and publishing overlap instead of following each other.
+
+    ``on_acked(n, seq)`` is told the acknowledged prefix every ``checkpoint_every`` messages
+    and at ``finish``; the first missing ack raises ``PublishInterrupted`` (counts include
+    ``start``, the messages acknowledged before this publisher)."""
+
+    def __init__(
+        self, js: JetStreamContext, *, start: int = 0, window: int = 1000, ack_timeout: float = 5.0,
+        checkpoint_every: int = 2000, on_acked: Callable[[int, int], Awaitable[None]],
+    ) -> None:
+        self.js, self.window, self.ack_timeout = js, window, ack_timeout
+        self.checkpoint_every, self.on_acked = checkpoint_every, on_acked
+        self.pending: deque[asyncio.Future] = deque()
+        self.acked = self.reported = start
+        self.duplicates = self.last_seq = 0
+
+    def _interrupted(self, cause: BaseException) -> PublishInterrupted:
+        return PublishInterrupted(self.acked, self.last_seq, cause)
+
+    def _settle(self, future: asyncio.Future) -> None:
+        try:
+            ack = future.result()  # raises the server's error, if any
+        except asyncio.CancelledError:
+            # Cancelled under us (the connection closed), or by wait_for's timeout: not an ack.
+            raise self._interrupted(ConnectionError("publish abandoned before its ack")) from None
+        except Exception as exc:
+            raise self._interrupted(exc) from exc
+        self.acked += 1
+        if ack.duplicate:
+            self.duplicates += 1
+        if ack.seq > self.last_seq:
+            self.last_seq = ack.seq  # a duplicate's ack names the original's sequence
+
+    async def _wait_oldest(self) -> None:
+        future = self.pending[0]
+        if not future.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(future), self.ack_timeout)
+            except asyncio.TimeoutError:
+                raise self._interrupted(TimeoutError(f"no ack within {self.ack_timeout}s")) from None
+            except Exception:
+                pass  # _settle() reports the future's own error
+        self._settle(self.pending.popleft())
+
+    async def _drain(self) -> None:
+        """Settle every leading future that is done (no awaiting), checkpoint when due."""
+        pending = self.pending
+        while pending and pending[0].done():
+            self._settle(pending.popleft())
+        if self.acked - self.reported >= self.checkpoint_every:
+            self.reported = self.acked
+            await self.on_acked(self.acked, self.last_seq)  # its own errors are the caller's
+
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        pending, window, publish = self.pending, self.window, self.js.publish_async
+        try:
+            for i, m in enumerate(messages):
+                if len(pending) >= window:
+                    await self._wait_oldest()
+                if pending and pending[0].done() or not i & 255:
+                    await self._drain()
+                try:
+                    pending.append(await publish(m.subject, m.body, headers=m.headers))
+                except (asyncio.CancelledError, PublishInterrupted):
+                    raise
+                except Exception as exc:
+                    raise self._interrupted(exc) from exc
+        except BaseException:
+            self.abandon()
+            raise
+
+    async def finish(self) -> int:
+        """Wait for every ack; returns how many were duplicates JetStream already had."""
+        try:
+            while self.pending:
+                await self._wait_oldest()
+                await self._drain()
+        except BaseException:
+            self.abandon()
+            raise
+        if self.acked > self.reported:
+            self.reported = self.acked
+            await self.on_acked(self.acked, self.last_seq)
+        return self.duplicates
+
+    def abandon(self) -> None:
+        for future in self.pending:
+            future.cancel()  # frees nats-py's in-flight slot; the message may still be stored
+        self.pending.clear()
+
+
 async def publish_in_order(
     js: JetStreamContext,
     messages: Sequence[Outgoing],
@@ -56,66 +151,11 @@ async def publish_in_order(
     Every message carries its ``Nats-Msg-Id``, so publishing again from ``e.acked`` after an
     interruption stores nothing twice even when an ack, not the message, was lost.
     Returns how many of them JetStream already had (acked as duplicates)."""
-    pending: deque[asyncio.Future] = deque()
-    acked = reported = start
-    duplicates = last_seq = 0
-
-    def interrupted(cause: BaseException) -> PublishInterrupted:
-        return PublishInterrupted(acked, last_seq, cause)
-
-    def settle(future: asyncio.Future) -> None:
-        nonlocal acked, duplicates, last_seq
-        try:
-            ack = future.result()  # raises the server's error, if any
-        except asyncio.CancelledError:
-            # Cancelled under us (the connection closed), or by wait_for's timeout: not an ack.
-            raise interrupted(ConnectionError("publish abandoned before its ack")) from None
-        except Exception as exc:
-            raise interrupted(exc) from exc
-        acked += 1
-        duplicates += ack.duplicate or 0
-        last_seq = max(last_seq, ack.seq)  # a duplicate's ack names the original's sequence
-
-    async def wait_oldest() -> None:
-        future = pending[0]
-        try:
-            await asyncio.wait_for(asyncio.shield(future), ack_timeout)
-        except asyncio.TimeoutError:
-            raise interrupted(TimeoutError(f"no ack within {ack_timeout}s")) from None
-        except Exception:
-            pass  # settle() reports the future's own error
-        settle(pending.popleft())
-
-    async def drain() -> None:
-        """Settle every leading future that is done (no awaiting), checkpoint when due."""
-        nonlocal reported
-        while pending and pending[0].done():
-            settle(pending.popleft())
-        if acked - reported >= checkpoint_every:
-            reported = acked
-            await on_acked(acked, last_seq)  # its own errors are the caller's, not a publish failure
-
-    try:
-        for i in range(start, len(messages)):
-            if len(pending) >= window:
-                await wait_oldest()
-            await drain()
-            m = messages[i]
-            try:
-                pending.append(await js.publish_async(m.subject, m.body, headers=m.headers))
-            except (asyncio.CancelledError, PublishInterrupted):
-                raise
-            except Exception as exc:
-                raise interrupted(exc) from exc
-        while pending:
-            await wait_oldest()
-            await drain()
-    finally:
-        for future in pending:
-            future.cancel()  # frees nats-py's in-flight slot; the message may still be stored
-    if acked > reported:
-        await on_acked(acked, last_seq)
-    return duplicates
+    publisher = OrderedPublisher(
+        js, start=start, window=window, ack_timeout=ack_timeout, checkpoint_every=checkpoint_every, on_acked=on_acked,
+    )
+    await publisher.send(messages[start:] if start else messages)
+    return await publisher.finish()
 
 
 class Stored(NamedTuple):
