@@ -383,6 +383,131 @@ def docs(
         typer.echo(f"wrote {path}")
 
 
+# ---- backfill: a log feed's history into the bus (services/poller/backfill.py) ---------------
+
+def _instant(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 date or date-time; without an offset it is UTC."""
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"{option}: {value!r} is not a date (YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS] with an optional offset)")
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+class _BackfillDisplay:
+    """A progress bar on a terminal; elsewhere (a log) a line every few seconds. Both end with a summary."""
+
+    every = 5.0  # seconds between lines when stdout is not a terminal
+
+    def __init__(self, label: str) -> None:
+        self.label, self.bar, self.shown, self.last_line = label, None, 0, 0.0
+        self.progress = None
+
+    @staticmethod
+    def counts(p) -> str:
+        eta = f", ETA {timedelta(seconds=round(p.eta))}" if p.eta is not None and not p.done else ""
+        return (f"read {p.read}, published {p.published}, already on the bus {p.on_bus}, "
+                f"{p.rate:.0f} events/s{eta}")
+
+    def __call__(self, progress) -> None:
+        self.progress = progress
+        permille = int(1000 * (progress.position - progress.since) / max(progress.until - progress.since, 1e-9))
+        if sys.stdout.isatty():
+            if self.bar is None:
+                self.bar = typer.progressbar(length=1000, label=self.label, show_eta=False,
+                                             item_show_func=lambda p: self.counts(p) if p else None)
+                self.bar.__enter__()
+            self.bar.update(max(permille - self.shown, 0), progress)
+            self.shown = max(permille, self.shown)
+        elif time.monotonic() - self.last_line >= self.every:
+            self.last_line = time.monotonic()
+            typer.echo(f"{self.label}: {permille / 10:.1f}% {self.counts(progress)}")
+
+    def close(self, outcome: str) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        if self.progress is not None:
+            typer.echo(f"{self.label}: {outcome}: {self.counts(self.progress)}")
+
+
+@app.command()
+def backfill(
+    vendor: Annotated[str, typer.Argument(help="e.g. yemot")],
+    account: Annotated[str, typer.Argument(help="the account's id in the accounts config")],
+    feed: Annotated[str, typer.Argument(help="a log feed's name (or its event's), e.g. sms")],
+    since: Annotated[str, typer.Option(help="from this instant, ISO 8601 (UTC unless it has an offset)")],
+    until: Annotated[Optional[str], typer.Option(help="up to this instant, excluded (default: when first run)")] = None,
+    slice_hours: Annotated[float, typer.Option(min=0.001, help="hours of history per fetch")] = 24.0,
+    config: Annotated[Optional[Path], typer.Option(help="accounts file (TOML); default PBX_CONFIG")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the connection")] = 10.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Read a log feed's history into the bus, with the live feed's ids; interrupted, the same command continues."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    start, end = _instant(since, "--since"), _instant(until, "--until")
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from services.poller.backfill import BackfillFailed, BackfillRefused, open_backfill, resolve
+
+    try:
+        acct, log_feed = resolve(cfg, vendor, account, feed)
+    except BackfillRefused as exc:
+        _fail(str(exc))
+    settings = cfg.settings
+    display = _BackfillDisplay(f"backfill {vendor}/{account}/{log_feed.name}")
+
+    async def main() -> str:
+        import nats.js.errors
+
+        from pbxbridge.bus import Bus
+        from pbxbridge.bus.infra import Names
+        from pbxbridge.bus.subjects import Subjects
+        from pbxbridge.bus.tokens import KvTokenStore
+        from pbxbridge.vendors import client_for
+        from services.poller.runner import Tuning
+
+        nc = await _connect(settings, "pbxbridge-backfill", timeout)
+        try:
+            bus = Bus(settings, nc, nc.jetstream(), Subjects(settings.prefix), Names(settings.prefix), client_url(settings))
+            try:
+                await bus.js.stream_info(bus.names.events)
+                tokens = KvTokenStore(await bus.js.key_value(bus.names.tokens))
+            except (nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError) as exc:
+                _no_bridge(settings, exc)
+            async with client_for(acct, token_store=tokens) as client:
+                # Progress written every 500 events: a kill repeats no work worth counting.
+                job = await open_backfill(bus, acct, client, log_feed, start, end, slice_seconds=slice_hours * 3600,
+                                          tuning=Tuning(checkpoint_every=500), on_progress=display)
+                task = asyncio.create_task(job.run(asyncio.Event()))
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError):
+                        loop.add_signal_handler(sig, task.cancel)
+                try:
+                    progress = await task
+                except asyncio.CancelledError:
+                    return "interrupted (run the same command again to continue)"
+                return "done" if progress.done else "stopped"
+        finally:
+            await nc.close()
+
+    try:
+        outcome = asyncio.run(main())
+    except (BackfillRefused, BackfillFailed) as exc:
+        display.close("stopped")
+        _fail(f"{exc} (progress is kept: the same command continues)" if isinstance(exc, BackfillFailed) else str(exc))
+    display.close(outcome)
+    if outcome.startswith("interrupted"):
+        raise typer.Exit(130)
+
+# ---- end of backfill ---------------------------------------------------------------------------
+
+
 def main() -> None:
     try:
         app()

@@ -302,6 +302,7 @@ class FeedPoller(Poller):
         self.store = store
         self.cursor: Cursor | None = None
         self.cursor_dirty = False  # advanced in memory, not yet written (bus trouble)
+        self.truncated = False  # the last fetch_since could not reach back to its floor
 
     # ---- one poll ------------------------------------------------------------------------
 
@@ -373,11 +374,15 @@ class FeedPoller(Poller):
             await discard(done)
         return None
 
-    async def fetch_new(self) -> Page:
-        """The records the cursor has not seen, oldest first, and what cannot be published."""
-        feed, floor = self.feed, self.cursor.floor
+    async def fetch_since(self, floor: float) -> tuple[Page, list[Stamped], bool]:
+        """Every record from ``floor`` (epoch seconds) on, as the vendor lists it now: (the page,
+        its records oldest first with repeats numbered, whether the page was full). A page that
+        stays full at the feed's ``max_page`` without reaching back to ``floor`` is the newest
+        records only: ``truncated`` is set, with a warning."""
+        feed = self.feed
         since = datetime.fromtimestamp(floor, timezone.utc)
         limit = feed.page_size
+        self.truncated = False
         while True:
             rows = await feed.fetch(self.client, FetchWindow(since, limit))
             page = await self.parse(rows[::-1] if feed.newest_first else rows)
@@ -386,13 +391,20 @@ class FeedPoller(Poller):
             if not full or reaches_back:
                 break
             if limit >= feed.max_page:
+                self.truncated = True
                 self.meters.gaps.add(1, self.attrs)
-                log.warning("%s: more than %d records since the cursor; taking the newest", self.label, limit)
+                log.warning("%s: more than %d records since %s; taking the newest", self.label, limit, since.isoformat())
                 break
             limit = _next_limit(limit, [r[0] for r in page.records], floor, feed.max_page)
         # Stable sort: records of the same instant keep the vendor's (arrival) order.
         records = await _number_repeats(sorted(page.records, key=_time_of))
         await breathe()
+        return page, records, full
+
+    async def fetch_new(self) -> Page:
+        """The records the cursor has not seen, oldest first, and what cannot be published."""
+        floor = self.cursor.floor
+        page, records, full = await self.fetch_since(floor)
         # A full page may begin in the middle of a minute: that minute cannot be judged.
         complete_from = (min(r[0] for r in records) // 60 + 1) * 60 if full and records else 0.0
         late, page.undecidable = self.cursor.unrecorded((r for r in records if r[0] < floor), complete_from=complete_from)
