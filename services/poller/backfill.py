@@ -176,8 +176,8 @@ class Backfill(FeedPoller):
         """(time, key) of the feed's events stored after the progress' stream sequence, in range:
         a killed run's last events, and the live feed's, not to be published again."""
         out = []
-        for _, body in await stored_after(self.bus.js, self.bus.names.events, self.subject, self.cursor.seq):
-            data = json.loads(body)
+        for stored in await stored_after(self.bus.js, self.bus.names.events, self.subject, self.cursor.seq):
+            data = json.loads(stored.body)
             when = datetime.fromisoformat(data["occurred_at"]).timestamp()
             if self.cursor.floor <= when < self.until:
                 out.append((when, data["key"]))
