@@ -71,6 +71,34 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class SharedTransport(httpx.AsyncBaseTransport):
+    """One connection pool, one SSL context and a cheap transport for every account's client
+    in a process (the poller's thousands of accounts).
+
+    Each ``httpx.AsyncClient`` would otherwise load its own SSL context (~0.8 MB and ~20 ms of
+    CPU: 40 s of start-up at 2,000 accounts) and keep its own pool, whose 5 s keep-alive expiry
+    is shorter than a 10 s poll interval (every poll reconnects). This wraps an aiohttp-backed
+    transport (``httpx-aiohttp``: ~0.5 ms of CPU per request against httpx's own ~1.3-2.4 ms)
+    whose idle connections live ``keepalive`` seconds, shared by all the clients; their
+    ``aclose`` leaves it open, its owner calls ``close``."""
+
+    def __init__(self, *, keepalive: float = 60.0, max_connections: int = 512) -> None:
+        from httpx_aiohttp import AiohttpTransport
+
+        self._inner = AiohttpTransport(
+            limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=keepalive), trust_env=False,
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """A client closing: the pool is the owner's."""
+
+    async def close(self) -> None:
+        await self._inner.aclose()
+
+
 class TokenStore(Protocol):
     """Where replicas share a vendor session token (the bus's ``tokens`` KV bucket)."""
 
