@@ -1,6 +1,6 @@
 """One feed of one account: poll on a deadline schedule, publish new records in order,
-advance the cursor over acknowledged events only, report health; and the supervisor that
-runs it only while this replica holds the feed's lease.
+advance the cursor over acknowledged events only, report health. ``coordinator.py`` runs it
+only while this replica holds the feed's lease.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from pbxbridge.vendors.errors import (
 from services.poller.cursor import Cursor, CursorStore, LostOwnership, digest
 from pbxbridge.feeds import AnyFeed, Feed, FetchWindow, interval_of
 from services.poller.folds import FoldSettler
-from services.poller.lease import Lease
 from services.poller.publisher import OrderedPublisher, Outgoing, PublishInterrupted, publish_in_order, stored_after
 
 log = logging.getLogger("pbxbridge.poller")
@@ -182,6 +181,7 @@ class Poller:
         self.source = f"pbxbridge/{account.vendor}/{account.id}"
         self.reported = OK
         self.pin = HeapPinning()
+        self.first_delay = 0.0  # seconds before the first poll of the next run (set by the coordinator)
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -271,7 +271,10 @@ class Poller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll by deadline (start + k * interval, plus jitter), never sleep-after-poll."""
-        interval = interval_of(self.feed, self.account)
+        interval = self.interval
+        delay, self.first_delay = self.first_delay, 0.0
+        if delay > 0 and await wait_or_stop(stop, delay):
+            return
         await self.start()
         deadline = time.monotonic()
         while not stop.is_set():
@@ -289,6 +292,10 @@ class Poller:
     @property
     def label(self) -> str:
         return f"{self.account.vendor}/{self.account.id}/{self.feed.name}"
+
+    @property
+    def interval(self) -> float:
+        return interval_of(self.feed, self.account)
 
 
 class FeedPoller(Poller):
@@ -651,38 +658,3 @@ async def discard(items: list) -> None:
     while items:
         del items[-4096:]
         await breathe()
-
-
-class FeedSupervisor:
-    """Holds the feed's lease while polling it (a log or a state feed); lets go (or loses it)
-    and waits its turn."""
-
-    def __init__(self, bus: Bus, lease: Lease, poller: Poller) -> None:
-        self.bus, self.lease, self.poller = bus, lease, poller
-
-    async def run(self, stop: asyncio.Event) -> None:
-        every = self.lease.ttl / 3
-        label = self.poller.label
-        try:
-            while not stop.is_set():
-                if not await self.lease.acquire():
-                    await wait_or_stop(stop, every * random.uniform(0.5, 1.0))
-                    continue
-                log.info("%s: lease taken by %s", label, self.lease.owner)
-                polling = asyncio.create_task(self.poller.run(stop), name=f"poll {label}")
-                while not polling.done():
-                    await asyncio.wait([polling], timeout=every)
-                    if not polling.done() and not await self.lease.renew():
-                        log.warning("%s: lease lost; stopping", label)
-                        polling.cancel()
-                        await asyncio.gather(polling, return_exceptions=True)
-                if not polling.cancelled() and polling.exception() is not None:
-                    exc = polling.exception()
-                    if isinstance(exc, LostOwnership):
-                        log.warning("%s: another replica wrote the feed's cursor or snapshot; letting go", label)
-                    else:
-                        log.error("%s: poller failed; restarting it", label, exc_info=exc)
-                    self.lease.revision = None
-                    await wait_or_stop(stop, every)
-        finally:
-            await self.lease.release()
