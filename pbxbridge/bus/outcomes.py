@@ -119,25 +119,21 @@ async def conclude(bus: "Bus", ledger: Ledger, ending: Ending, *, claim: Claim |
     With ``claim``: compare-and-set on it (``ClaimLost`` if another holder took the key over:
     that holder ends it). Without: only where no live claim stands (else ``ClaimHeld``)."""
     result = ending.to_result()
-    revision = None
     if claim is not None:
         stored = await claim.finish(result=result)
-        if stored.result is result:  # ours, stored at the claim's last revision
-            revision = claim.revision
     else:
         stored = await ledger.finish(ending.ledger_key, result=result)
-    await publish_stored(bus, ledger, ending.ledger_key, stored, revision=revision)
+    await publish_stored(bus, ledger, ending.ledger_key, stored)
     return stored.result or result
 
 
-async def publish_stored(bus: "Bus", ledger: Ledger, key: str, entry: LedgerEntry, *, revision: int | None = None) -> None:
+async def publish_stored(bus: "Bus", ledger: Ledger, key: str, entry: LedgerEntry) -> None:
     """Publish a done entry's result unless it is known to be on the stream already: a command
-    re-sent after the duplicate window must not put a second result there. ``revision``: the
-    one ``entry`` was stored at, when the caller knows it (saves a read)."""
+    re-sent after the duplicate window must not put a second result there."""
     if entry.published or entry.result is None:
         return
     await republish(bus, entry.result)
-    await ledger.mark_published(key, entry, revision)
+    await ledger.mark_published(key)
 
 
 async def republish(bus: "Bus", result: Result) -> None:
