@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import logging
 import random
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +31,6 @@ from pbxbridge.redact import mask_params
 
 if TYPE_CHECKING:
     from pbxbridge.bus import Bus
-    from nats.aio.msg import Msg
-
-log = logging.getLogger("pbxbridge.bus")
 
 DEAD_LETTER_TYPE = "pbx.deadletter.v1"
 
@@ -224,29 +219,3 @@ def retry_delay(settings: Settings, attempt: int, retry_after: float | None = No
         return min(retry_after, settings.command_backoff_max)
     base = settings.command_backoff * 2 ** (attempt - 1)
     return min(base * random.uniform(0.8, 1.2), settings.command_backoff_max)
-
-
-@dataclass(frozen=True)
-class Disposition:
-    """What a worker's handler tells JetStream: ack, or redeliver after ``delay`` seconds."""
-
-    ack: bool
-    delay: float = 0.0
-
-
-ACK = Disposition(ack=True)
-
-
-async def settle(msg: "Msg", handling: Awaitable[Disposition], *, what: str, retry_delay: float) -> None:
-    """Ack or delay-NAK ``msg`` as its handler decided. A handler that raised met a bus failure
-    (handlers end everything else themselves): the message comes back later, nothing is lost."""
-    try:
-        disposition = await handling
-    except Exception:
-        log.exception("%s not handled; redelivering later", what)
-        await msg.nak(delay=retry_delay)
-        return
-    if disposition.ack:
-        await msg.ack()
-    else:
-        await msg.nak(delay=disposition.delay)

@@ -40,6 +40,7 @@ import contextvars
 import functools
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -51,7 +52,7 @@ from pydantic_core import to_json
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import utcnow
 from pbxbridge.bus.ledger import Claim, ClaimHeld, ClaimLost, Done, Held, Ledger, LedgerEntry, ledger_key
-from pbxbridge.bus.outcomes import ACK, DeadLetter, Disposition, Ending, conclude, dead_letter, publish_stored, retry_delay
+from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, publish_stored, retry_delay
 from pbxbridge.commands import NEUTRAL_COMMANDS
 from pbxbridge.config import Account, Config
 from pbxbridge.metrics import SECONDS_BUCKETS
@@ -94,6 +95,17 @@ def is_bus_failure(exc: BaseException) -> bool:
     if isinstance(exc, (nats.js.errors.BadRequestError, nats.js.errors.InvalidKeyError, nats.errors.MaxPayloadError)):
         return False
     return isinstance(exc, (nats.errors.Error, TimeoutError, ConnectionError))
+
+
+@dataclass(frozen=True)
+class Disposition:
+    """What to tell JetStream: ack, or redeliver after ``delay`` seconds."""
+
+    ack: bool
+    delay: float = 0.0
+
+
+ACK = Disposition(ack=True)
 
 
 class AccountShares:
