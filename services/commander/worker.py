@@ -16,6 +16,7 @@ from pbxbridge.bus import Bus
 from pbxbridge.bus.consumers import COMMANDER as CONSUMER, commander_consumer
 from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
+from pbxbridge.bus.outcomes import settle
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config
 from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
@@ -76,17 +77,7 @@ def build_broker(bus: Bus, handler: CommandHandler, config: Config) -> NatsBroke
             subject=raw.subject, headers=dict(raw.headers or {}), body=raw.data,
             attempt=raw.metadata.num_delivered, stream_seq=raw.metadata.sequence.stream, in_progress=raw.in_progress,
         )
-        try:
-            disposition = await handler.handle(delivery)
-        except Exception:
-            # The bus itself failed (a publish or the ledger): try again later, lose nothing.
-            log.exception("command on %s not handled; redelivering later", raw.subject)
-            await raw.nak(delay=settings.command_backoff)
-            return
-        if disposition.ack:
-            await raw.ack()
-        else:
-            await raw.nak(delay=disposition.delay)
+        await settle(raw, handler.handle(delivery), what=f"command on {raw.subject}", retry_delay=settings.command_backoff)
 
     return broker
 
