@@ -12,6 +12,7 @@ how to encode parameters, how to read its reply envelope.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import email.utils
 import functools
 import json
@@ -529,10 +530,15 @@ class VendorClient:
 
     def text(self, response: httpx.Response) -> str:
         """The reply as text, without surrounding blanks or a UTF-8 byte-order mark."""
-        try:
-            text = response.text
-        except (UnicodeDecodeError, LookupError):
+        if _decodes_as_utf8(response.headers.get("Content-Type", "")):
+            # What response.text does, without parsing the header through email.message on
+            # every reply (~4 % of a call's CPU).
             text = response.content.decode("utf-8", errors="replace")
+        else:
+            try:
+                text = response.text
+            except (UnicodeDecodeError, LookupError):
+                text = response.content.decode("utf-8", errors="replace")
         return text.lstrip(_BOM).strip()
 
     def json(self, op: Operation | None, response: httpx.Response) -> Any:
@@ -549,6 +555,16 @@ class VendorClient:
 
     def _label(self, op: Operation | None) -> str:
         return f"{self.vendor.name}/{self.account.id}/{op.name if op else '-'}"
+
+
+@functools.lru_cache(maxsize=256)
+def _decodes_as_utf8(content_type: str) -> bool:
+    """Does httpx decode a body under this ``Content-Type`` as UTF-8 (named, or its default)?
+    A vendor sends few distinct values, so httpx's answer is worked out once per value."""
+    try:
+        return codecs.lookup(httpx.Response(200, headers={"Content-Type": content_type}).encoding or "utf-8").name == "utf-8"
+    except LookupError:
+        return False
 
 
 def _is_login_page(location: str) -> bool:
