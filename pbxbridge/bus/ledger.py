@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -64,6 +65,11 @@ State = Literal["running", "retrying", "delegated", "done"]
 
 # Seconds between looks at a live claim held by someone else, at most.
 MAX_WAIT = 1.0
+
+# Claim owners: this process's random prefix and a count. Unique per claim like a fresh uuid4
+# each, without reading os.urandom for every command.
+_OWNER_PREFIX = uuid.uuid4().hex[:12]
+_owner_numbers = itertools.count(1)
 
 # Seconds between attempts at a claim's write while the bucket has no leader.
 WRITE_RETRY_PAUSE = 0.25
@@ -229,7 +235,7 @@ class Claim:
     def __init__(self, ledger: Ledger, key: str, *, holder: str, ttl: float, previous: LedgerEntry | None) -> None:
         self.ledger, self.key, self.holder, self.ttl = ledger, key, holder, ttl
         self.previous = previous  # what was there before: None, retrying, delegated, or a dead worker's claim
-        self.owner = f"{holder}/{uuid.uuid4().hex[:12]}"
+        self.owner = f"{holder}/{_OWNER_PREFIX}.{next(_owner_numbers):x}"
         self.attempt = (previous.attempt if previous else 0) + 1
         self.since = utcnow()
         self.expires = self.since + timedelta(seconds=ttl)
