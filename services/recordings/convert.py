@@ -35,13 +35,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import queue
+import sys
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator, TypeVar
@@ -176,6 +178,26 @@ def convert(source: Path, source_format: str, target: str, destination: Path, *,
         raise AudioError("the recording has no audio samples")
     sha256, size = file_sha256(destination)
     return Converted(destination, size, sha256, fmt.codec, fmt.container, fmt.extension, fmt.content_type, round(samples / rate, 3))
+
+
+def serve_one() -> None:
+    """A conversion process (``activities.convert_audio`` starts it before it is needed): load the
+    codecs, say ``ready``, convert the one job read from stdin, reply on stdout in JSON, exit.
+    A bug's exception is not replied: the process exits with its traceback on stderr."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
+    load_codecs()
+    print("ready", file=replies, flush=True)
+    line = sys.stdin.readline()
+    if not line:  # the worker stopped, or went, before it needed this process
+        return
+    job = json.loads(line)
+    try:
+        converted = convert(Path(job["source"]), job["format"], job["target"], Path(job["into"]))
+        reply: dict = {"converted": {**asdict(converted), "path": str(converted.path)}}
+    except AudioError as exc:
+        reply = {"bad_audio": str(exc)}
+    print(json.dumps(reply), file=replies, flush=True)
 
 
 def _pcm(src: av.container.InputContainer, in_stream: av.AudioStream, rate: int) -> Iterator[bytes]:
