@@ -28,7 +28,11 @@ against the ffmpeg CLI with the same settings; README "Benchmarks" has the figur
   Xing/LAME "Info" tag that tells decoders LAME's delay and padding (so the archive decodes to the
   call's exact samples). MP3 is not cut into parallel chunks: LAME's bit reservoir makes a frame
   borrow bytes of the frames before it, so a seam would corrupt a frame.
+- **Decoding, encoding and muxing overlap** (``_read_ahead``): each stage on a thread of its own,
+  so with a core free a call takes about as long as its encoder alone.
 - The archive is bit-exact (``fflags=+bitexact``): the same call gives the same bytes and SHA-256.
+
+The worker runs ``convert`` in a process of its own (``serve_one``; ``activities.convert_audio``).
 """
 
 from __future__ import annotations
