@@ -14,15 +14,17 @@ other, alternating which goes first, each in its own process:
 - ffmpeg: ``ffmpeg -i SRC -vn -ac 1 -ar RATE -c:a CODEC -b:a RATE ... DST``, with the settings of
   pbxbridge's ``ARCHIVE_FORMATS`` (printed); the time is the process's wall time (a CLI pays its
   start-up on every file) and its peak RSS comes from ``wait4``;
-- pbxbridge: a Python process that imports the converter, then converts the way the worker does,
-  ``activities.convert_audio`` (``asyncio.to_thread``) on a running event loop, while a heartbeat
-  task measures the loop's longest stall (and, for 0.5 s before, the stall with nothing converting:
-  the machine's own noise); the time is the conversion's wall time (a worker converts
-  many calls in one process), and the process's start-up is printed beside it; peak RSS is the
-  process's ``VmHWM``.
+- pbxbridge: a Python process that imports the converter, has its conversion process ready (as the
+  worker does when it starts), then converts the way the worker does, ``activities.convert_audio``
+  on a running event loop, while a heartbeat task measures the loop's longest stall (and, for 0.5 s
+  before, the stall with nothing converting: the machine's own noise), and that stall less the time
+  the OS kept the loop's thread waiting for a CPU ("blocked": what the process itself held it up);
+  the time is the conversion's wall time (a worker converts many calls in one process), and the
+  process's start-up is printed beside it; peak RSS is the conversion process's (``wait4``), or
+  the process's own ``VmHWM`` where the conversion runs inside it (an older checkout).
 Medians over rounds; ``ratio`` is pbxbridge's speed over ffmpeg's (>1: pbxbridge is faster);
 ``xRT`` is audio seconds per wall second; CPU is user+system seconds (ffmpeg: its whole process;
-pbxbridge: the conversion's, all threads), and ``cpu xRT`` audio seconds per CPU second.
+pbxbridge: the conversion's, all threads and its process whole), and ``cpu xRT`` audio seconds per CPU second.
 The machine may be shared: wall times move with its load, which is why both sides interleave.
 ``--repo`` measures another checkout's converter (e.g. an older commit, for before/after figures).
 """
@@ -47,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 RATE = 8000
 
 CHILD = r"""
-import asyncio, json, resource, sys, time
+import asyncio, json, resource, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 t0 = time.perf_counter()
 from pathlib import Path
@@ -55,33 +57,44 @@ from services.recordings import activities
 startup = time.perf_counter() - t0
 source, fmt, target, into = Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
 
+def run_queue_wait():  # seconds this thread was ready to run but got no CPU
+    return int(open(f"/proc/self/task/{threading.get_native_id()}/schedstat").read().split()[1]) / 1e9
+
+def cpu(who):
+    u = resource.getrusage(who)
+    return u.ru_utime + u.ru_stime
+
 async def main():
-    stall, done = 0.0, False
+    stall, blocked, done = 0.0, 0.0, False
     async def heartbeat():
-        nonlocal stall
-        last = time.perf_counter()
+        nonlocal stall, blocked
+        last, waited = time.perf_counter(), run_queue_wait()
         while not done:
             await asyncio.sleep(0.005)
-            now = time.perf_counter()
+            now, now_waited = time.perf_counter(), run_queue_wait()
             stall = max(stall, now - last - 0.005)
-            last = now
+            blocked = max(blocked, now - last - 0.005 - (now_waited - waited))
+            last, waited = now, now_waited
+    if hasattr(activities, "start_converter"):
+        await activities.start_converter()  # as the worker does when it starts
     beat = asyncio.create_task(heartbeat())
     await asyncio.sleep(0.5)  # the loop's stalls with nothing converting: what the machine alone does
-    idle, stall = stall, 0.0
+    idle, stall, blocked = stall, 0.0, 0.0
     audio = activities.SpooledAudio(source, fmt, "bench", source.stat().st_size)
-    t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    t, c = time.perf_counter(), cpu(resource.RUSAGE_SELF) + cpu(resource.RUSAGE_CHILDREN)
     converted = await activities.convert_audio(activities.Conversion(audio, target, into))
     seconds = time.perf_counter() - t
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = u.ru_utime + u.ru_stime - c.ru_utime - c.ru_stime
+    # a conversion process's CPU counts whole, its start-up (before ``t``) too, once it has exited
+    used = cpu(resource.RUSAGE_SELF) + cpu(resource.RUSAGE_CHILDREN) - c
     done = True
     await beat
-    return seconds, cpu, idle, stall, converted
+    return seconds, used, idle, stall, blocked, converted
 
-seconds, cpu, idle, stall, converted = asyncio.run(main())
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"seconds": seconds, "cpu": cpu, "startup": startup, "stall": stall, "idle_stall": idle, "rss_kb": hwm,
-                  "duration": converted.duration_seconds, "size": converted.size}))
+seconds, used, idle, stall, blocked, converted = asyncio.run(main())
+own_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the conversion process's peak, if any
+print(json.dumps({"seconds": seconds, "cpu": used, "startup": startup, "stall": stall, "blocked": blocked, "idle_stall": idle,
+                  "rss_kb": child_kb or own_kb, "worker_rss_kb": own_kb, "duration": converted.duration_seconds, "size": converted.size}))
 """
 
 
@@ -234,7 +247,7 @@ def main() -> None:
         med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
         print()
         print(f"{'case':<22} {'ffmpeg s':>9} {'pbx s':>8} {'ratio':>6} {'ffmpeg xRT':>10} {'pbx xRT':>8} "
-              f"{'ffmpeg cpu':>10} {'pbx cpu':>8} {'cpu xRT f/p':>11} {'ffmpeg RSS':>10} {'pbx RSS':>8} {'stall ms':>8} {'idle ms':>7} {'pbx start':>9} {'runs':>4}")
+              f"{'ffmpeg cpu':>10} {'pbx cpu':>8} {'cpu xRT f/p':>11} {'ffmpeg RSS':>10} {'pbx RSS':>8} {'worker':>7} {'stall ms':>8} {'blocked':>7} {'idle ms':>7} {'pbx start':>9} {'runs':>4}")
         for label, seconds, *_ in cases:
             pbx, ff = results[label]["pbx"], results[label]["ffmpeg"]
             p_s = med(pbx, "seconds")
@@ -245,17 +258,21 @@ def main() -> None:
                 row += f"{med(ff, 'cpu'):>10.2f} {med(pbx, 'cpu'):>8.2f} {seconds / med(ff, 'cpu'):>5.0f}/{seconds / med(pbx, 'cpu'):<5.0f} {max(r['rss_kb'] for r in ff) / 1024:>8.0f}MB "
             else:
                 row += f"{'-':>9} {p_s:>8.3f} {'-':>6} {'-':>10} {seconds / p_s:>8.0f} {'-':>10} {med(pbx, 'cpu'):>8.2f} {'-':>5}/{seconds / med(pbx, 'cpu'):<5.0f} {'-':>10} "
-            row += f"{max(r['rss_kb'] for r in pbx) / 1024:>6.0f}MB {max(r['stall'] for r in pbx) * 1000:>8.1f} "
+            row += f"{max(r['rss_kb'] for r in pbx) / 1024:>6.0f}MB {max(r['worker_rss_kb'] for r in pbx) / 1024:>5.0f}MB "
+            row += f"{max(r['stall'] for r in pbx) * 1000:>8.1f} {max(r['blocked'] for r in pbx) * 1000:>7.1f} "
             row += f"{max(r.get('idle_stall', 0) for r in pbx) * 1000:>7.1f} "
             row += f"{med(pbx, 'startup'):>8.2f}s {len(pbx):>4}"
             print(row)
         for label, *_ in cases:
             runs = results[label]["pbx"]
             print(f"  {label}: loop stall per run (ms) {[round(r['stall'] * 1000) for r in runs]}, "
-                  f"idle {[round(r.get('idle_stall', 0) * 1000) for r in runs]}")
-        print("ratio = ffmpeg s / pbx s (pbxbridge's speed relative to the CLI); RSS = peak of the converting process;")
-        print("stall = the event loop's longest stall while pbxbridge converted (max over runs), idle = the same for 0.5 s before")
-        print("it (the machine's own noise); pbx start = the converting process's interpreter+import time (not counted)")
+                  f"blocked {[round(r['blocked'] * 1000, 1) for r in runs]}, idle {[round(r.get('idle_stall', 0) * 1000) for r in runs]}")
+        print("ratio = ffmpeg s / pbx s (pbxbridge's speed relative to the CLI); pbx RSS = peak of the converting process (the")
+        print("conversion's own process, else the worker), worker = the worker process's peak; pbx cpu counts the")
+        print("conversion's process whole (its start-up too); stall = the event loop's longest stall while pbxbridge converted (max over")
+        print("runs), blocked = the same less the time the OS kept the loop's thread waiting for a CPU (what the process")
+        print("itself, e.g. the GIL, held it up), idle = the stall for 0.5 s before it (the machine's own noise);")
+        print("pbx start = the worker's interpreter+import time (not counted)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import contextlib
+import json
+import os
+import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +25,8 @@ from pbxbridge.events import RecordingArchived
 from pbxbridge.recordings import RECORDING_JOB_TYPE, RecordingJob
 from pbxbridge.vendors import optional_module
 from pbxbridge.vendors.client import VendorClient
-from services.recordings.convert import Converted, convert
+from services.recordings import convert as converter
+from services.recordings.convert import AudioError, Converted
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,119 @@ class Conversion:
     into: Path  # the archive file to write
 
 
+class ConverterDied(AudioError):
+    """The conversion process crashed, was killed or overran its deadline: this recording is not converted."""
+
+    kind = "converter_died"
+
+
+# Each conversion runs in a process of its own, never in this interpreter: in a thread, the codecs'
+# Python glue took the GIL between frames and held the event loop up for up to ~150 ms on a busy
+# machine. A process is also killable: cancelling the job (the worker stopping, a lost claim) or
+# overrunning the deadline SIGKILLs it, and a crash fails that recording alone. One process per
+# conversion (nothing carries over from a call to the next), started one ahead (after the job
+# before), so a job finds one with the codecs loaded (that takes ~0.25 s, a 60 s call ~0.1 s).
+# Not multiprocessing's forkserver: on Python 3.11 each of its children imports the worker's main
+# module again (the CLI: ~1 s); nor anyio.to_process: its pool hands out worker processes already
+# killed (its shutdown is tied to the loop's first task), failing the job given to them; nor
+# ProcessPoolExecutor: it cannot kill a running conversion, and one crash breaks the whole pool.
+_CHILD = [sys.executable, "-c", "from services.recordings.convert import serve_one; serve_one()"]
+_PROJECT = str(Path(converter.__file__).resolve().parents[2])  # the child imports this same code
+# the spare conversion process, and whether it has said "ready" yet (no task is left waiting on
+# it: a pending one would hold up the loop's shutdown, the process exits when this one does)
+_spares: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[asyncio.subprocess.Process, bool]] = weakref.WeakKeyDictionary()
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+TIMEOUT_FLOOR = 600.0  # seconds any conversion may take, plus TIMEOUT_PER_MB per MB of served audio
+TIMEOUT_PER_MB = 10.0  # 2-hour FLAC (~80 MB) converts in 10-30 s; GSM/MP3 is longer audio per MB
+
+
+def conversion_slots() -> asyncio.Semaphore:
+    """Conversions at once (per event loop): each keeps up to ``conversion_threads()`` CPUs busy."""
+    loop = asyncio.get_running_loop()
+    if loop not in _slots:
+        _slots[loop] = asyncio.Semaphore(converter.conversion_threads())
+    return _slots[loop]
+
+
+async def _spawn() -> asyncio.subprocess.Process:
+    path = os.pathsep.join(filter(None, [_PROJECT, os.environ.get("PYTHONPATH")]))
+    return await asyncio.create_subprocess_exec(
+        *_CHILD, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": path},
+    )
+
+
+async def _ready(process: asyncio.subprocess.Process) -> None:
+    try:
+        if await process.stdout.readline() == b"ready\n":
+            return
+    except BaseException:
+        process.kill()
+        raise
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    raise ConverterDied(f"a conversion process did not start (exit code {await process.wait()})")
+
+
+async def start_converter() -> None:
+    """Have a conversion process ready before the first job."""
+    loop = asyncio.get_running_loop()
+    if loop not in _spares:
+        process = await _spawn()
+        await _ready(process)
+        _spares[loop] = (process, True)
+
+
+async def stop_converter() -> None:
+    """Let the spare conversion process go (it exits when its stdin closes): the worker is stopping."""
+    spare = _spares.pop(asyncio.get_running_loop(), None)
+    if spare is not None and spare[0].returncode is None:
+        spare[0].stdin.close()
+        await spare[0].wait()
+
+
+async def _give_job(job: bytes) -> asyncio.subprocess.Process:
+    """The spare conversion process (else a new one), with ``job`` handed to it. A spare that died
+    while it waited (killed, out of memory) is replaced: that is not this job's doing."""
+    process, ready = _spares.pop(asyncio.get_running_loop(), (None, False))
+    for attempt in range(2):
+        if process is None or attempt:
+            process, ready = await _spawn(), False
+        try:
+            if not ready:
+                await _ready(process)
+            process.stdin.write(job)
+            await process.stdin.drain()
+            return process
+        except (ConnectionError, ConverterDied):
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def convert_audio(conversion: Conversion) -> Converted:
-    # Decoding and encoding are CPU work: keep the event loop (and the other jobs) moving.
     audio = conversion.audio
-    return await asyncio.to_thread(convert, audio.path, audio.format, conversion.target, conversion.into)
+    job = json.dumps({"source": str(audio.path), "format": audio.format, "target": conversion.target, "into": str(conversion.into)})
+    deadline = TIMEOUT_FLOOR + TIMEOUT_PER_MB * audio.size / 1e6
+    async with conversion_slots():  # the deadline runs from the conversion's start, not from the queue
+        process, reply = await _give_job(job.encode() + b"\n"), b""
+        try:
+            async with asyncio.timeout(deadline):
+                reply = await process.stdout.readline()  # b"" if it died
+        except TimeoutError:
+            raise ConverterDied(f"the conversion did not finish within {deadline:.0f} s; its process was killed") from None
+        finally:
+            if not reply:  # cancelled, past the deadline, or dead: it must not run on
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            await process.wait()
+            if asyncio.get_running_loop() not in _spares:  # after the job: it would compete for the CPU
+                _spares[asyncio.get_running_loop()] = (await _spawn(), False)
+    if not reply:
+        raise ConverterDied(f"the conversion process died (exit code {process.returncode}) converting this recording")
+    outcome = json.loads(reply)
+    if "bad_audio" in outcome:
+        raise AudioError(outcome["bad_audio"])
+    return Converted(**{**outcome["converted"], "path": Path(outcome["converted"]["path"])})
 
 
 @dataclass(frozen=True)

@@ -28,19 +28,29 @@ against the ffmpeg CLI with the same settings; README "Benchmarks" has the figur
   Xing/LAME "Info" tag that tells decoders LAME's delay and padding (so the archive decodes to the
   call's exact samples). MP3 is not cut into parallel chunks: LAME's bit reservoir makes a frame
   borrow bytes of the frames before it, so a seam would corrupt a frame.
+- **Decoding, encoding and muxing overlap** (``_read_ahead``): each stage on a thread of its own,
+  so with a core free a call takes about as long as its encoder alone.
 - The archive is bit-exact (``fflags=+bitexact``): the same call gives the same bytes and SHA-256.
+
+The worker runs ``convert`` in a process of its own (``serve_one``; ``activities.convert_audio``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import os
+import queue
+import sys
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import av
 from av.packet import PacketSideData
@@ -74,11 +84,13 @@ ARCHIVE_FORMATS: dict[str, ArchiveFormat] = {
 }
 _RAW_INPUTS = {"gsm": "gsm"}  # served format -> demuxer to force
 CHUNK = 1 << 20  # bytes read at a time when hashing a file
+PCM_BATCH = 1 << 18  # bytes of decoded PCM handed on at a time (16 s at 8 kHz): few hand-overs, few GIL waits
 SEGMENT_SECONDS = 15  # a long call's Opus is encoded in chunks this long, in parallel
 PREROLL_FRAMES = 10  # 20 ms frames of audio before a chunk that prime its encoder (then dropped)
 OPUS_FRAME_MS = 20  # libopus's default frame duration (the ffmpeg CLI's too)
 SKIP_SAMPLES = 11  # AV_PKT_DATA_SKIP_SAMPLES in FFmpeg's AVPacketSideDataType
 BITEXACT = {"fflags": "+bitexact"}  # the same call gives the same archive bytes (Ogg's serial number is not random)
+T = TypeVar("T")
 
 
 def conversion_threads() -> int:
@@ -92,6 +104,15 @@ def conversion_threads() -> int:
 
 class AudioError(ValueError):
     """The vendor's bytes are not audio PyAV can decode (a permanent failure for this recording)."""
+
+    kind = "bad_audio"  # the job's error kind
+
+
+def load_codecs() -> None:
+    """Load what a conversion loads on first use (a new conversion process does it before its first job)."""
+    import lameenc  # noqa: F401
+
+    libopus.load()
 
 
 @dataclass(frozen=True)
@@ -163,14 +184,89 @@ def convert(source: Path, source_format: str, target: str, destination: Path, *,
     return Converted(destination, size, sha256, fmt.codec, fmt.container, fmt.extension, fmt.content_type, round(samples / rate, 3))
 
 
+def serve_one() -> None:
+    """A conversion process (``activities.convert_audio`` starts it before it is needed): load the
+    codecs, say ``ready``, convert the one job read from stdin, reply on stdout in JSON, exit.
+    A bug's exception is not replied: the process exits with its traceback on stderr."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
+    load_codecs()
+    print("ready", file=replies, flush=True)
+    line = sys.stdin.readline()
+    if not line:  # the worker stopped, or went, before it needed this process
+        return
+    job = json.loads(line)
+    try:
+        converted = convert(Path(job["source"]), job["format"], job["target"], Path(job["into"]))
+        reply: dict = {"converted": {**asdict(converted), "path": str(converted.path)}}
+    except AudioError as exc:
+        reply = {"bad_audio": str(exc)}
+    print(json.dumps(reply), file=replies, flush=True)
+
+
 def _pcm(src: av.container.InputContainer, in_stream: av.AudioStream, rate: int) -> Iterator[bytes]:
-    """The call as mono signed 16-bit PCM at ``rate``, a decoded frame's worth at a time."""
+    """The call as mono signed 16-bit PCM at ``rate``, ``PCM_BATCH`` bytes or more at a time (but the last)."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-    for frame in src.decode(in_stream):
+    batch = bytearray()
+    for frame in itertools.chain(src.decode(in_stream), [None]):
         for piece in resampler.resample(frame):
-            yield bytes(piece.planes[0])[: piece.samples * 2]
-    for piece in resampler.resample(None):
-        yield bytes(piece.planes[0])[: piece.samples * 2]
+            batch += memoryview(piece.planes[0])[: piece.samples * 2]
+        if len(batch) >= PCM_BATCH or (frame is None and batch):
+            yield bytes(batch)
+            batch.clear()
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+@contextmanager
+def _read_ahead(items: Iterator[T], depth: int = 8) -> Iterator[Iterator[T]]:
+    """``items``, produced on a thread of their own up to ``depth`` ahead of the caller.
+
+    A conversion is a pipeline (decode -> encode -> mux): with each stage on its own thread the
+    stages run on different CPUs at once (PyAV and LAME release the GIL while they work), so the
+    call takes about as long as its slowest stage rather than their sum. Leaving the ``with``
+    stops and joins the thread, so it never outlives the containers it reads.
+    """
+    handover: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                handover.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # the caller raises it
+            put(_Failed(exc))
+
+    def consume() -> Iterator[T]:
+        while (item := handover.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    thread = threading.Thread(target=produce, name="convert-stage", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _opus_encoder(fmt: ArchiveFormat, rate: int) -> av.AudioCodecContext:
@@ -245,14 +341,15 @@ def _to_opus(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path, t
                     muxed += 1
 
         buffer, start, tail = bytearray(), 0, b""  # tail: the end of the chunk before, to prime the next
-        for pcm in _pcm(src, in_stream, rate):
-            buffer += pcm
-            while len(buffer) > chunk_bytes:  # more to come after this chunk: not the last
-                chunk = tail + buffer[:chunk_bytes]
-                del buffer[:chunk_bytes]
-                pending.append(pool.submit(_encode_chunk, fmt, rate, bytearray(chunk), len(tail) // (2 * frame), False))
-                tail, start = bytes(chunk[len(chunk) - preroll_bytes :]), start + chunk_bytes // 2
-                mux_ready(threads * 2)
+        with _read_ahead(_pcm(src, in_stream, rate)) as decoded:
+            for pcm in decoded:
+                buffer += pcm
+                while len(buffer) > chunk_bytes:  # more to come after this chunk: not the last
+                    chunk = tail + buffer[:chunk_bytes]
+                    del buffer[:chunk_bytes]
+                    pending.append(pool.submit(_encode_chunk, fmt, rate, bytearray(chunk), len(tail) // (2 * frame), False))
+                    tail, start = bytes(chunk[len(chunk) - preroll_bytes :]), start + chunk_bytes // 2
+                    mux_ready(threads * 2)
         samples = start + len(buffer) // 2
         if samples:
             pending.append(pool.submit(_encode_chunk, fmt, rate, bytearray(tail + buffer), len(tail) // (2 * frame), True))
@@ -290,6 +387,16 @@ def _skip_samples(start: int, end: int) -> PacketSideData:
     side = PacketSideData(SKIP_SAMPLES, 10)
     side.update(start.to_bytes(4, "little") + end.to_bytes(4, "little") + bytes(2))
     return side
+
+
+def _lame(encoder, pcm: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(samples encoded so far, LAME's output for them), ending with what its flush gives."""
+    samples = 0
+    for batch in pcm:
+        samples += len(batch) // 2
+        yield samples, encoder.encode(batch)
+    if samples:
+        yield samples, encoder.flush()
 
 
 def _to_mp3(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path) -> int:
@@ -331,23 +438,15 @@ def _to_mp3(src, in_stream, fmt: ArchiveFormat, rate: int, destination: Path) ->
                     mux(held, _skip_samples(LAME_DELAY, 0) if muxed == 0 else None)
                 held = data
 
-        out, batch = bytearray(), bytearray()
-        for pcm in _pcm(src, in_stream, rate):
-            batch += pcm
-            if len(batch) >= 1 << 16:  # ~4 s at 8 kHz per call into LAME (which releases the GIL)
-                samples += len(batch) // 2
-                out += encoder.encode(bytes(batch))
-                batch.clear()
+        out = bytearray()
+        # decoding, LAME and muxing (this thread) overlap: the call takes about as long as LAME alone
+        with _read_ahead(_pcm(src, in_stream, rate)) as decoded, _read_ahead(_lame(encoder, decoded)) as encoded:
+            for samples, data in encoded:
+                out += data
                 mux_frames(out)
-        if batch:
-            samples += len(batch) // 2
-            out += encoder.encode(bytes(batch))
-        if samples:
-            out += encoder.flush()
-            mux_frames(out)
-            if held is not None:
-                padding = (muxed + 1) * frame - samples - LAME_DELAY
-                mux(held, _skip_samples(LAME_DELAY if muxed == 0 else 0, max(padding, 0)))
+        if held is not None:
+            padding = (muxed + 1) * frame - samples - LAME_DELAY
+            mux(held, _skip_samples(LAME_DELAY if muxed == 0 else 0, max(padding, 0)))
     return samples
 
 

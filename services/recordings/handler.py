@@ -228,7 +228,7 @@ class RecordingHandler:
                 converted = await activities.convert_audio(activities.Conversion(audio, target, into=work / f"archive.{archive_extension(target)}"))
             self._conversion.record(time.perf_counter() - started, {"source_format": audio.format, "codec": converted.codec})
         except AudioError as exc:
-            await self._fail(job, delivery, "failed", {"kind": "bad_audio", "message": str(exc), "source_format": audio.format})
+            await self._fail(job, delivery, "failed", {"kind": exc.kind, "message": str(exc), "source_format": audio.format})
             return ACK
         await claim.renew()  # still ours right before writing (ClaimLost if another job took the name over)
         try:

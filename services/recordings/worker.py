@@ -25,7 +25,7 @@ from pbxbridge.config import Config, Settings
 from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
 from pbxbridge.metrics import ConsumerSampler
 from pbxbridge.vendors import client_for, optional_module
-from services.recordings.activities import Archive, ObjectStoreArchive
+from services.recordings.activities import Archive, ObjectStoreArchive, start_converter, stop_converter
 from services.recordings.auto import TRIGGERS, AutoArchive, EventDelivery
 from services.recordings.handler import JobDelivery, RecordingHandler
 
@@ -122,6 +122,8 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health
         "recordings.consumers": consumers_probe(sampler),
     }
     async with contextlib.AsyncExitStack() as stack:
+        await start_converter()
+        stack.push_async_callback(stop_converter)
         archives = await open_archives(config, bus, stack)
         clients = {a.key: client_for(a, token_store=tokens) for a in accounts}
         for client in clients.values():

@@ -4,14 +4,22 @@
 - a long call encoded in parallel chunks decodes as one seamless call, of the right length, and the
   same bytes whatever the number of threads;
 - MP3 through LAME is a valid MP3 of the call;
-- a 10-minute conversion leaves the event loop free (measured: its longest stall).
+- conversions run in processes of their own: they never block the event loop (measured), a
+  killed, cancelled or overrunning one fails that recording only, and bad audio is a clear error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import os
+import signal
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -20,6 +28,7 @@ import pytest
 from services.recordings import activities, convert as cv, libopus
 
 RATE = 8000
+T = TypeVar("T")
 
 
 def speech(seconds: int, seed: int = 3) -> np.ndarray:
@@ -139,42 +148,144 @@ def test_mp3_goes_through_lame_with_a_gapless_info_tag(call_50s, tmp_path: Path)
     assert decode(converted.path).size == samples.size
 
 
-async def _longest_stall_while_converting(source: Path, target: str, into: Path) -> tuple[float, float]:
-    """(the event loop's longest stall, the conversion's seconds), converting as the worker does."""
-    stall, done = 0.0, False
+@pytest.fixture(scope="module", autouse=True)
+async def converter():
+    yield
+    await activities.stop_converter()  # the spare conversion process, as the worker does when it stops
 
-    async def heartbeat() -> None:
-        nonlocal stall
-        last = time.perf_counter()
+
+@pytest.fixture(scope="module")
+def call_10min(tmp_path_factory) -> Path:
+    return write_flac(tmp_path_factory.mktemp("convert") / "ten-minutes.flac", np.tile(speech(60), 10))
+
+
+def _conversion(source: Path, target: str, into: Path, source_format: str = "flac") -> activities.Conversion:
+    return activities.Conversion(activities.SpooledAudio(source, source_format, "test", source.stat().st_size), target, into)
+
+
+def _run_queue_wait() -> float:
+    """Seconds this thread has spent ready to run but waiting for a CPU (the kernel's schedstat)."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
+async def _loop_while(work: Awaitable) -> tuple[float, float, float]:
+    """Run ``work`` beside a 5 ms ticker: (the ticker's longest lateness, its longest lateness that the
+    OS's run queue does not explain, this process's CPU seconds meanwhile).
+
+    On a shared machine (or VM) the OS alone makes a tick tens of ms late now and then, whatever
+    the loop does; the kernel counts that wait, so what is left is the time the loop thread was
+    kept from running by this process itself: by another thread holding the GIL, or by the loop."""
+    late = blocked = 0.0
+    done = False
+
+    async def tick() -> None:
+        nonlocal late, blocked
+        last, waited = time.perf_counter(), _run_queue_wait()
         while not done:
             await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            stall, last = max(stall, now - last - 0.005), now
+            now, now_waited = time.perf_counter(), _run_queue_wait()
+            late = max(late, now - last - 0.005)
+            blocked = max(blocked, now - last - 0.005 - (now_waited - waited))
+            last, waited = now, now_waited
 
-    beat = asyncio.create_task(heartbeat())
+    gc.disable()  # a full collection in a test process this big takes tens of ms: the loop's doing, not the work's
+    ticker = asyncio.create_task(tick())
     await asyncio.sleep(0.02)
-    audio = activities.SpooledAudio(source, "flac", "test", source.stat().st_size)
-    started = time.perf_counter()
-    converted = await activities.convert_audio(activities.Conversion(audio, target, into))
-    seconds = time.perf_counter() - started
-    done = True
-    await beat
-    assert converted.duration_seconds == 600.0
-    return stall, seconds
+    cpu = time.process_time()
+    try:
+        await work
+    finally:
+        cpu = time.process_time() - cpu
+        done = True
+        await ticker
+        gc.enable()
+    return late, blocked, cpu
 
 
+@pytest.mark.skipif(not Path("/proc/thread-self/schedstat").exists(), reason="needs Linux's schedstat")
 @pytest.mark.timeout(300)
-async def test_ten_minute_conversion_never_stalls_the_event_loop(tmp_path: Path) -> None:
-    """Off the loop (a thread, the codecs without the GIL): the loop's longest stall stays < 100 ms
-    while a 10-minute call converts (seconds of CPU). On a shared machine the OS alone can stall a
-    thread for a while, so a second measurement is allowed; a conversion on the loop stalls it for
-    the whole conversion, both times."""
-    source = write_flac(tmp_path / "ten-minutes.flac", np.tile(speech(60), 10))
-    for target in ("opus", "mp3"):
-        results = []
-        for attempt in range(2):
-            stall, seconds = await _longest_stall_while_converting(source, target, tmp_path / f"out.{target}")
-            results.append((round(stall * 1000, 1), round(seconds, 2)))
-            if stall < 0.100:
-                break
-        assert min(r[0] for r in results) < 100, f"{target}: longest loop stall (ms), conversion (s): {results}"
+async def test_conversions_never_block_the_event_loop(call_10min: Path, tmp_path: Path) -> None:
+    """Two 10-minute calls converted at once, as the worker does (seconds of CPU): the loop is never
+    kept from running by them (< 6 ms; idle jitter is ~1 ms, while converting in threads of this
+    process, as before, blocked it 12-15 ms at a time for the GIL), and this process spends next
+    to no CPU on them. One more measurement is allowed, for a machine that misbehaves once."""
+    results = []
+    for attempt in range(2):
+        both = asyncio.gather(*(activities.convert_audio(_conversion(call_10min, target, tmp_path / f"out.{target}"))
+                                for target in ("opus", "mp3")))
+        late, blocked, cpu = await _loop_while(both)
+        assert [c.duration_seconds for c in both.result()] == [600.0, 600.0]
+        results.append({"late_ms": round(late * 1000, 1), "blocked_ms": round(blocked * 1000, 1), "cpu_s": round(cpu, 2)})
+        if blocked < 0.006 and cpu < 0.2:
+            return
+    pytest.fail(f"the conversions held up the event loop: {results}")
+
+
+def _process_writing(path: Path) -> int | None:
+    """The process that has ``path`` open, if any (the conversion writing it)."""
+    for fds in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(path) for fd in fds.iterdir()):
+                return int(fds.parent.name)
+    return None
+
+
+async def _eventually(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+    deadline = time.monotonic() + timeout
+    while (found := probe()) is None:
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        await asyncio.sleep(0.005)
+    return found
+
+
+def _gone(pid: int) -> bool | None:
+    return True if not Path(f"/proc/{pid}").exists() else None
+
+
+async def test_a_killed_conversion_process_fails_that_recording_only(call_10min: Path, tmp_path: Path) -> None:
+    into = tmp_path / "killed.opus"
+    job = asyncio.create_task(activities.convert_audio(_conversion(call_10min, "opus", into)))
+    pid = await _eventually(lambda: _process_writing(into), "a conversion process writing the archive")
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(activities.ConverterDied, match="conversion process died") as failed:
+        await asyncio.wait_for(job, 30)
+    assert failed.value.kind == "converter_died" and isinstance(failed.value, cv.AudioError)  # permanent, like bad audio
+    again = await activities.convert_audio(_conversion(call_10min, "mp3", tmp_path / "again.mp3"))  # a new process
+    assert again.duration_seconds == 600.0
+
+
+async def test_a_spare_conversion_process_killed_while_idle_fails_no_recording(call_10min: Path, tmp_path: Path) -> None:
+    await activities.start_converter()
+    spare, _ = activities._spares[asyncio.get_running_loop()]
+    spare.kill()
+    assert await spare.wait() == -signal.SIGKILL
+    converted = await activities.convert_audio(_conversion(call_10min, "mp3", tmp_path / "out.mp3"))
+    assert converted.duration_seconds == 600.0
+
+
+async def test_cancelling_a_conversion_kills_its_process(call_10min: Path, tmp_path: Path) -> None:
+    """The worker stopping (or a job's claim lost) cancels the job: its conversion does not run on."""
+    into = tmp_path / "cancelled.opus"
+    job = asyncio.create_task(activities.convert_audio(_conversion(call_10min, "opus", into)))
+    pid = await _eventually(lambda: _process_writing(into), "a conversion process writing the archive")
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(job, 30)
+    await _eventually(lambda: _gone(pid), f"process {pid} killed", timeout=10)
+
+
+async def test_a_conversion_over_its_deadline_is_killed(call_10min: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(activities, "TIMEOUT_FLOOR", 0.05)
+    monkeypatch.setattr(activities, "TIMEOUT_PER_MB", 0.0)
+    with pytest.raises(activities.ConverterDied, match="did not finish within"):
+        await activities.convert_audio(_conversion(call_10min, "opus", tmp_path / "late.opus"))
+
+
+async def test_bad_audio_is_a_clear_error_from_the_conversion_process(tmp_path: Path) -> None:
+    served = tmp_path / "served.mp3"
+    served.write_bytes(b"<html>not a recording</html>" * 100)
+    with pytest.raises(cv.AudioError, match="cannot decode the recording as mp3") as failed:
+        await activities.convert_audio(_conversion(served, "opus", tmp_path / "out.opus", "mp3"))
+    assert failed.value.kind == "bad_audio"

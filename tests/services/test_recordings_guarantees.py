@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -166,13 +165,13 @@ async def test_two_jobs_for_one_call_archive_it_once(settings: Settings, bus: Bu
 def slow_conversion(settings: Settings, monkeypatch) -> None:
     """Conversions take CONVERSION_SECONDS; jobs are redelivered after ACK_WAIT without a sign of life."""
     settings.recording_ack_wait = settings.recording_claim_ttl = ACK_WAIT
-    convert = activities.convert
+    convert_audio = activities.convert_audio
 
-    def slowed(*args):
-        time.sleep(CONVERSION_SECONDS)  # runs in the conversion's worker thread, like a long call would
-        return convert(*args)
+    async def slowed(conversion: activities.Conversion):
+        await asyncio.sleep(CONVERSION_SECONDS)  # what converting a long call takes
+        return await convert_audio(conversion)
 
-    monkeypatch.setattr(activities, "convert", slowed)
+    monkeypatch.setattr(activities, "convert_audio", slowed)
 
 
 def deliveries(monkeypatch) -> list[int]:
