@@ -43,7 +43,7 @@ from services.poller.cursor import Cursor, CursorStore, LostOwnership, digest
 from pbxbridge.feeds import AnyFeed, Feed, FetchWindow, interval_of
 from services.poller.folds import FoldSettler
 from services.poller.lease import Lease
-from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order, stored_after
+from services.poller.publisher import OrderedPublisher, Outgoing, PublishInterrupted, publish_in_order, stored_after
 
 log = logging.getLogger("pbxbridge.poller")
 
@@ -73,7 +73,8 @@ class Meters:
 class Tuning:
     """Knobs tests and benchmarks turn; defaults suit production."""
 
-    window: int = 1000  # publish_async messages in flight
+    window: int = 4000  # publish_async messages in flight (nats-py's own limit)
+    build_chunk: int = 1000  # events built before they are handed to the publisher
     ack_timeout: float = 5.0
     checkpoint_every: int = 2000  # cursor writes during a long batch
     jitter: float = 0.1  # fraction of the interval added at random to each deadline...
@@ -200,11 +201,12 @@ class Poller:
 
     async def publish_acked(
         self, messages: list[Outgoing], stop: asyncio.Event, on_acked: Callable[[int, int], Awaitable[None]],
+        *, start: int = 0,
     ) -> bool:
         """Publish until every message is acked (True) or ``stop`` (False). ``on_acked(n, seq)``
         is told each acknowledged prefix, the last of it at stream sequence ``seq``; a run the
         bus interrupted resumes after that prefix (``Nats-Msg-Id`` drops what was stored anyway)."""
-        committed = 0
+        committed = start
 
         async def checkpoint(acked: int, seq: int) -> None:
             nonlocal committed
@@ -383,21 +385,21 @@ class FeedPoller(Poller):
         started = time.perf_counter()
         try:
             page = await self.fetch_new()
-            fetched = time.perf_counter()
-            messages, stamps = await self.build(page)
         except (VendorError, ValidationError, ValueError, KeyError, TypeError) as exc:
             await self.failed(exc)
             return getattr(exc, "retry_after", None) if isinstance(exc, VendorRateLimited) else None
-        built = time.perf_counter()
+        fetched = time.perf_counter()
+        messages, stamps, building = await self.publish_page(page, stop)
+        # Dead letters after publishing: a refused record is refused again at the next poll until
+        # it is dead-lettered (the cursor remembers the ones that were), whatever happens here.
         refused = await self.set_aside(page)
         if refused:
             await self.report("malformed_reply", refused)
         elif self.reported != OK:
             await self.report(OK, None)
-        await self.publish(messages, stamps, stop)
         if messages:
             log.debug("%s: fetch %.3fs, build %.3fs, publish %.3fs", self.label,
-                      fetched - started, built - fetched, time.perf_counter() - built)
+                      fetched - started, building, time.perf_counter() - fetched - building)
         for done in (messages, stamps, page.records):
             await discard(done)
         return None
@@ -470,8 +472,8 @@ class FeedPoller(Poller):
             page.records.append((settle(when), key, record, raw))
         return page
 
-    async def build(self, page: Page) -> tuple[list[Outgoing], list[tuple[float, str]]]:
-        """Events of the page's records. Each event's data is validated against its model and
+    async def build(self, page: Page, start: int = 0, end: int | None = None) -> tuple[list[Outgoing], list[tuple[float, str]]]:
+        """Events of the page's records (``start`` to ``end``); refused ones go to ``page.refused``. Each event's data is validated against its model and
         serialised straight from the model (no dict dump in between); the CloudEvents headers
         are built once per batch by ``CloudEvent.headers`` and copied per event with its id
         and time; ids come from a prefix hashed once (``IdMaker``)."""
@@ -484,7 +486,7 @@ class FeedPoller(Poller):
         fixed = {"vendor": account.vendor, "account": account.id}
         fromtimestamp, utc, build = datetime.fromtimestamp, timezone.utc, feed.build
         messages, stamps = [], []
-        for i, (when, key, record, raw) in enumerate(page.records):
+        for i, (when, key, record, raw) in enumerate(page.records[start:end] if start or end is not None else page.records, start):
             if not i & 127:
                 await breathe()
                 self.pin(i)
@@ -535,6 +537,92 @@ class FeedPoller(Poller):
             await self.save_cursor()
 
         await self.publish_acked(messages, stop, checkpoint)
+
+    async def publish_page(self, page: Page, stop: asyncio.Event) -> tuple[list[Outgoing], list[tuple[float, str]], float]:
+        """Build the page's events a chunk at a time and publish each chunk as soon as it is built,
+        so building overlaps the acks of what went before; the cursor follows the acks as in
+        ``publish``, its writes made in the background (a write in flight is not waited for:
+        the next checkpoint, or the end, writes the newer state). Returns (messages, their
+        stamps, seconds spent building). A run the bus interrupts is finished by ``publish_acked``
+        with its retries."""
+        chunk = max(1, self.tuning.build_chunk)
+        messages: list[Outgoing] = []
+        stamps: list[tuple[float, str]] = []
+        committed = saved = 0
+        saving: asyncio.Task | None = None
+        building = 0.0
+
+        async def checkpoint(acked: int, seq: int) -> None:
+            nonlocal committed, saved, saving
+            if acked <= committed:
+                return
+            self.advance(stamps[committed:acked])
+            self.cursor.seq = max(self.cursor.seq, seq)
+            self.meters.published.add(acked - committed, self.attrs)
+            committed = acked
+            if saving is not None:
+                if not saving.done():
+                    return  # behind by a checkpoint: written by the next one, or at the end
+                saving.result()  # LostOwnership
+            saved = committed
+            saving = asyncio.create_task(self.save_cursor(), name=f"cursor {self.label}")
+
+        async def blocking_checkpoint(acked: int, seq: int) -> None:
+            nonlocal committed
+            self.advance(stamps[committed:acked])
+            self.cursor.seq = max(self.cursor.seq, seq)
+            committed = acked
+            await self.save_cursor()
+
+        records = page.records
+        publisher = OrderedPublisher(
+            self.bus.js, window=self.tuning.window, ack_timeout=self.tuning.ack_timeout,
+            checkpoint_every=self.tuning.checkpoint_every, on_acked=checkpoint, connection=self.bus.nc,
+        )
+        interrupted: PublishInterrupted | None = None
+        try:
+            for first in range(0, len(records), chunk):
+                began = time.perf_counter()
+                built, built_stamps = await self.build(page, first, first + chunk)
+                building += time.perf_counter() - began
+                messages += built
+                stamps += built_stamps
+                if interrupted is None:
+                    try:
+                        await publisher.send(built)
+                    except PublishInterrupted as exc:
+                        interrupted = exc  # build the rest, then retry from the acknowledged prefix
+            if interrupted is None and messages:
+                try:
+                    duplicates = await publisher.finish()
+                    log.info("%s: published %d event(s)%s", self.label, len(messages),
+                             f", {duplicates} already on the bus" if duplicates else "")
+                except PublishInterrupted as exc:
+                    interrupted = exc
+            if saving is not None:
+                await saving
+                saving.result()
+                saving = None
+            if interrupted is not None:
+                await checkpoint(interrupted.acked, interrupted.seq)
+                if saving is not None:
+                    await saving
+                    saving.result()
+                    saving = None
+                self.meters.publish_retries.add(1, self.attrs)
+                log.warning("%s: bus did not confirm (%r); retrying from event %d of %d",
+                            self.label, interrupted.cause, committed, len(messages))
+                if await wait_or_stop(stop, self.tuning.retry_backoff):
+                    return messages, stamps, building
+                await self.publish_acked(messages, stop, blocking_checkpoint, start=committed)
+            elif saved < committed:
+                await self.save_cursor()
+        finally:
+            publisher.abandon()
+            if saving is not None and not saving.done():
+                saving.cancel()
+                await asyncio.gather(saving, return_exceptions=True)
+        return messages, stamps, building
 
     async def save_cursor(self) -> None:
         try:
