@@ -404,6 +404,16 @@ class FeedPoller(Poller):
             await discard(done)
         return None
 
+    def first_limit(self) -> int:
+        """The first page's limit. A feed that never published (a fresh cursor) wants every
+        record of its backfill window: it asks for ``max_page`` at once (the reply is what
+        exists) rather than a ``page_size`` page first, fetched and parsed only to learn that
+        more is needed. Otherwise ``page_size``, which a poll every few seconds rarely fills."""
+        cursor = self.cursor
+        if cursor is not None and cursor.ts is None and not cursor.seen:
+            return max(self.feed.page_size, self.feed.max_page)
+        return self.feed.page_size
+
     async def fetch_since(self, floor: float) -> tuple[Page, list[Stamped], bool]:
         """Every record from ``floor`` (epoch seconds) on, as the vendor lists it now: (the page,
         its records oldest first with repeats numbered, whether the page was full). A page that
@@ -411,7 +421,7 @@ class FeedPoller(Poller):
         records only: ``truncated`` is set, with a warning."""
         feed = self.feed
         since = datetime.fromtimestamp(floor, timezone.utc)
-        limit = feed.page_size
+        limit = self.first_limit()
         self.truncated = False
         while True:
             rows = await feed.fetch(self.client, FetchWindow(since, limit))
