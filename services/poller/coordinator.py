@@ -1,0 +1,330 @@
+"""Every feed of one poller replica under one coordinator: leases taken, renewed and let go in
+batches, the feeds shared evenly between the live replicas.
+
+Each feed still has its own lease in the ``leases`` bucket (key = the feed's key, value = the
+holder), created compare-and-set, so two replicas never poll the same feed. What changes is who
+does the work: one task per replica instead of one per feed.
+
+- **Renewal in one batch.** Every ``ttl / 3`` the held leases are renewed together: one
+  compare-and-set publish per lease, all in flight at once (``publish_async``), instead of a task
+  per feed awaiting a round trip each. A lease whose renewal finds another revision is taken back
+  if nobody took it, else its poller is stopped; a bus that does not answer keeps a lease until
+  its TTL runs out, as before.
+- **An even share.** Replicas announce themselves in one entry of the same bucket (``_replicas``:
+  instance -> expiry, written compare-and-set, refreshed with the renewals). A replica holds at
+  most ``ceil(feeds / live replicas)`` feeds: it takes free feeds up to that share and lets go of
+  what is beyond it (the poller stops first, then the lease is deleted), so a replica that started
+  first and took everything hands the excess to those that join. Which feeds a replica reaches for
+  first is its rendezvous-hash order over the live replicas, so replicas starting together rarely
+  race for the same feed, and a feed handed over goes to the replica that prefers it.
+- **Start-up.** Leases are taken many at a time, a moment after the replica announced itself
+  (so replicas started together see each other before taking anything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import Header
+from nats.js.kv import KeyValue
+
+from services.poller.cursor import LostOwnership
+from services.poller.lease import Lease
+from services.poller.runner import Poller, wait_or_stop
+
+log = logging.getLogger("pbxbridge.poller")
+
+_BUS_ERRORS = (nats.errors.Error, OSError, TimeoutError)
+MEMBERS = "_replicas"  # the bucket's one entry that is not a feed's lease
+_WRONG_LAST = (10071, 10164)  # JetStream: wrong last sequence (a compare-and-set that lost)
+
+
+def _score(owner: str, key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{owner}\x1f{key}".encode(), digest_size=8).digest(), "big")
+
+
+@dataclass(eq=False)
+class Slot:
+    """One feed: its lease, its poller and the task running it while the lease is held."""
+
+    key: str
+    lease: Lease
+    poller: Poller
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None
+    retry_at: float = 0.0  # monotonic: not before this, try to take it again
+    order: tuple[int, int] = (0, 0)  # acquisition preference, lowest first
+
+    @property
+    def label(self) -> str:
+        return self.poller.label
+
+
+class FeedCoordinator:
+    def __init__(self, kv: KeyValue, owner: str, ttl: float, feeds: list[tuple[str, Poller]], *, tick: float = 0.5) -> None:
+        self.kv, self.owner, self.ttl = kv, owner, ttl
+        self.every = ttl / 3
+        self.tick = min(tick, self.every)
+        self.slots = [Slot(key, Lease(kv, key, owner, ttl), poller) for key, poller in feeds]
+        self.members: dict[str, float] = {}  # instance -> expiry (epoch seconds)
+        self.members_revision: int | None = None
+        self.prefix = getattr(kv, "_pre", None) or f"$KV.{getattr(kv, '_name', '')}."
+        self.js = kv._js  # noqa: SLF001 - the context the bucket was opened with
+        self._ranked_for: frozenset[str] = frozenset()
+
+    # ---- the whole life -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self.announce()
+            # Replicas started together see each other before any of them takes a feed.
+            if await wait_or_stop(stop, min(1.0, self.every) * random.uniform(0.8, 1.0)):
+                return
+            await self.announce()
+            renew_at = time.monotonic() + self.every
+            while not stop.is_set():
+                now = time.monotonic()
+                if now >= renew_at:
+                    renew_at = now + self.every
+                    await self.renew_all()
+                    await self.announce()
+                self.reap(stop)
+                await self.rebalance(stop)
+                await wait_or_stop(stop, min(self.tick, max(0.0, renew_at - time.monotonic())))
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for slot in self.slots:
+            slot.stop.set()
+        running = [s.task for s in self.slots if s.task is not None]
+        if running:
+            done, pending = await asyncio.wait(running, timeout=max(self.every, 1.0))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        await asyncio.gather(*(s.lease.release() for s in self.slots if s.lease.revision is not None), return_exceptions=True)
+        with contextlib.suppress(*_BUS_ERRORS, nats.js.errors.Error):
+            await self.leave()
+
+    # ---- membership -----------------------------------------------------------------------
+
+    def live(self) -> set[str]:
+        now = time.time()
+        return {m for m, expiry in self.members.items() if expiry > now} | {self.owner}
+
+    def share(self) -> int:
+        return math.ceil(len(self.slots) / len(self.live()))
+
+    async def announce(self) -> None:
+        """Write this replica's expiry into ``_replicas`` (compare-and-set), and read the others'."""
+        for _ in range(5):
+            try:
+                members = await self._read_members()
+                now = time.time()
+                members = {m: e for m, e in members.items() if e > now}
+                members[self.owner] = now + self.ttl
+                await self._write_members(members)
+                self.members = members
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                await asyncio.sleep(random.uniform(0.0, 0.05))  # another replica wrote it meanwhile
+            except _BUS_ERRORS as exc:
+                log.debug("replicas entry: %s", exc)
+                return
+
+    async def leave(self) -> None:
+        for _ in range(5):
+            try:
+                members = await self._read_members()
+                members.pop(self.owner, None)
+                await self._write_members(members)
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                await asyncio.sleep(random.uniform(0.0, 0.05))
+
+    async def _read_members(self) -> dict[str, float]:
+        try:
+            entry = await self.kv.get(MEMBERS)
+        except nats.js.errors.KeyNotFoundError as exc:
+            self.members_revision = getattr(getattr(exc, "entry", None), "revision", None)
+            return {}
+        self.members_revision = entry.revision
+        try:
+            return {str(k): float(v) for k, v in json.loads(entry.value or b"{}").items()}
+        except (ValueError, AttributeError):
+            return {}
+
+    async def _write_members(self, members: dict[str, float]) -> None:
+        value = json.dumps(members, separators=(",", ":")).encode()
+        if self.members_revision is None:
+            self.members_revision = await self.kv.create(MEMBERS, value)
+        else:
+            self.members_revision = await self.kv.update(MEMBERS, value, last=self.members_revision)
+
+    def rank(self) -> None:
+        """Preference order over the live replicas: the feeds this replica wins by rendezvous hash
+        first, then the rest by its own score."""
+        live = frozenset(self.live())
+        if live == self._ranked_for:
+            return
+        self._ranked_for = live
+        others = sorted(live - {self.owner})
+        for slot in self.slots:
+            mine = _score(self.owner, slot.key)
+            wins = all(mine > _score(o, slot.key) for o in others)
+            slot.order = (0 if wins else 1, -mine)
+
+    # ---- leases ---------------------------------------------------------------------------
+
+    def held(self) -> list[Slot]:
+        return [s for s in self.slots if s.lease.revision is not None]
+
+    async def rebalance(self, stop: asyncio.Event) -> None:
+        held = self.held()
+        share = self.share()
+        if len(held) > share:
+            self.rank()
+            excess = sorted(held, key=lambda s: s.order, reverse=True)[: len(held) - share]
+            await self.let_go(excess)
+        elif len(held) < share:
+            now = time.monotonic()
+            free = [s for s in self.slots if s.lease.revision is None and s.task is None and s.retry_at <= now]
+            if not free:
+                return
+            self.rank()
+            free.sort(key=lambda s: s.order)
+            await self.take(free[: share - len(held)], stop)
+
+    async def take(self, slots: list[Slot], stop: asyncio.Event) -> None:
+        """Try to take these leases, many at a time; start the poller of each one taken."""
+        limit = asyncio.Semaphore(256)
+
+        async def one(slot: Slot) -> None:
+            async with limit:
+                taken = await slot.lease.acquire()
+            if not taken:
+                slot.retry_at = time.monotonic() + self.every * random.uniform(0.5, 1.0)
+                return
+            log.info("%s: lease taken by %s", slot.label, self.owner)
+            self.start(slot, stop)
+
+        await asyncio.gather(*(one(s) for s in slots))
+
+    def start(self, slot: Slot, stop: asyncio.Event) -> None:
+        slot.stop = asyncio.Event()
+        if stop.is_set():
+            slot.stop.set()
+        slot.task = asyncio.create_task(self._poll(slot), name=f"poll {slot.label}")
+
+    async def _poll(self, slot: Slot) -> None:
+        """The feed's poller while the lease is held; restarted after a failure, as the supervisor
+        per feed did."""
+        while not slot.stop.is_set():
+            try:
+                await slot.poller.run(slot.stop)
+                return
+            except LostOwnership:
+                log.warning("%s: another replica wrote the feed's cursor or snapshot; letting go", slot.label)
+                slot.lease.revision = None  # not ours to delete
+                slot.retry_at = time.monotonic() + self.every
+                return
+            except Exception as exc:  # noqa: BLE001 - one feed's failure must not stop the others
+                log.error("%s: poller failed; restarting it", slot.label, exc_info=exc)
+                if await wait_or_stop(slot.stop, self.every):
+                    return
+
+    def reap(self, stop: asyncio.Event) -> None:
+        """Forget the tasks of pollers that ended (lost ownership); restart one that ended while
+        its lease is still held."""
+        for slot in self.slots:
+            if slot.task is not None and slot.task.done():
+                slot.task = None
+                if slot.lease.revision is not None and not slot.stop.is_set() and not stop.is_set():
+                    self.start(slot, stop)
+
+    async def stop_polling(self, slots: list[Slot]) -> None:
+        for slot in slots:
+            slot.stop.set()
+        tasks = [s.task for s in slots if s.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.every)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for slot in slots:
+            slot.task = None
+
+    async def let_go(self, slots: list[Slot]) -> None:
+        """Stop these feeds' pollers, then delete their leases for another replica to take."""
+        await self.stop_polling(slots)
+        await asyncio.gather(*(s.lease.release() for s in slots), return_exceptions=True)
+        now = time.monotonic()
+        for slot in slots:
+            slot.retry_at = now + self.ttl  # leave them to the replicas below their share
+        if slots:
+            log.info("poller %s: handed %d feed(s) over (share %d of %d)", self.owner, len(slots), self.share(), len(self.slots))
+
+    async def renew_all(self) -> None:
+        """One compare-and-set per held lease, all in flight together."""
+        held = self.held()
+        if not held:
+            return
+        started = time.monotonic()
+        futures: list[tuple[Slot, asyncio.Future | None]] = []
+        for slot in held:
+            try:
+                future = await self.js.publish_async(
+                    self.prefix + slot.key, slot.lease.owner.encode(),
+                    headers={Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(slot.lease.revision)},
+                )
+            except _BUS_ERRORS as exc:
+                log.warning("leases: cannot renew now: %s", exc)
+                future = None
+            futures.append((slot, future))
+        pending = [f for _, f in futures if f is not None]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.every)
+            for future in late:
+                future.cancel()
+        lost: list[Slot] = []
+        for slot, future in futures:
+            error = None
+            if future is None or future.cancelled():
+                error = TimeoutError("no answer")
+            elif future.exception() is not None:
+                error = future.exception()
+            if error is None:
+                slot.lease.revision = future.result().seq
+                slot.lease.renewed_at = started
+            elif isinstance(error, nats.js.errors.APIError) and error.err_code in _WRONG_LAST:
+                lost.append(slot)
+            elif not slot.lease.held:
+                log.warning("%s: lease not renewed within its TTL (%s); stopping", slot.label, error)
+                lost.append(slot)
+        if lost:
+            await self._settle_lost(lost)
+
+    async def _settle_lost(self, slots: list[Slot]) -> None:
+        """Leases whose renewal failed: take back those nobody else took, stop the others."""
+        async def retake(slot: Slot) -> bool:
+            slot.lease.revision = None
+            return await slot.lease.acquire()
+
+        kept = await asyncio.gather(*(retake(s) for s in slots))
+        gone = [s for s, ok in zip(slots, kept) if not ok]
+        for slot in gone:
+            log.warning("%s: lease lost; stopping", slot.label)
+            slot.lease.revision = None
+            slot.retry_at = time.monotonic() + self.every
+        await self.stop_polling(gone)
