@@ -76,7 +76,7 @@ class FeedCoordinator:
         self.every = ttl / 3
         self.tick = min(tick, self.every)
         self.slots = [Slot(key, Lease(kv, key, owner, ttl), poller) for key, poller in feeds]
-        self.members: dict[str, float] = {}  # instance -> expiry (epoch seconds)
+        self.members: dict[str, tuple[float, int]] = {}  # instance -> (expiry in epoch seconds, leases held)
         self.members_revision: int | None = None
         self.prefix = getattr(kv, "_pre", None) or f"$KV.{getattr(kv, '_name', '')}."
         self.js = kv._js  # noqa: SLF001 - the context the bucket was opened with
@@ -121,7 +121,13 @@ class FeedCoordinator:
 
     def live(self) -> set[str]:
         now = time.time()
-        return {m for m, expiry in self.members.items() if expiry > now} | {self.owner}
+        return {m for m, (expiry, _) in self.members.items() if expiry > now} | {self.owner}
+
+    def free_estimate(self) -> int:
+        """Feeds no live replica said it held at its last announcement (this one's count is now)."""
+        now = time.time()
+        others = sum(n for m, (expiry, n) in self.members.items() if expiry > now and m != self.owner)
+        return len(self.slots) - others - len(self.held())
 
     def share(self) -> int:
         return math.ceil(len(self.slots) / len(self.live()))
@@ -132,8 +138,8 @@ class FeedCoordinator:
             try:
                 members = await self._read_members()
                 now = time.time()
-                members = {m: e for m, e in members.items() if e > now}
-                members[self.owner] = now + self.ttl
+                members = {m: e for m, e in members.items() if e[0] > now}
+                members[self.owner] = (now + self.ttl, len(self.held()))
                 await self._write_members(members)
                 self.members = members
                 return
@@ -153,7 +159,7 @@ class FeedCoordinator:
             except nats.js.errors.KeyWrongLastSequenceError:
                 await asyncio.sleep(random.uniform(0.0, 0.05))
 
-    async def _read_members(self) -> dict[str, float]:
+    async def _read_members(self) -> dict[str, tuple[float, int]]:
         try:
             entry = await self.kv.get(MEMBERS)
         except nats.js.errors.KeyNotFoundError as exc:
@@ -161,12 +167,12 @@ class FeedCoordinator:
             return {}
         self.members_revision = entry.revision
         try:
-            return {str(k): float(v) for k, v in json.loads(entry.value or b"{}").items()}
-        except (ValueError, AttributeError):
+            return {str(k): (float(v[0]), int(v[1])) for k, v in json.loads(entry.value or b"{}").items()}
+        except (ValueError, AttributeError, TypeError, IndexError):
             return {}
 
-    async def _write_members(self, members: dict[str, float]) -> None:
-        value = json.dumps(members, separators=(",", ":")).encode()
+    async def _write_members(self, members: dict[str, tuple[float, int]]) -> None:
+        value = json.dumps({m: list(e) for m, e in members.items()}, separators=(",", ":")).encode()
         if self.members_revision is None:
             self.members_revision = await self.kv.create(MEMBERS, value)
         else:
@@ -197,29 +203,36 @@ class FeedCoordinator:
             self.rank()
             excess = sorted(held, key=lambda s: s.order, reverse=True)[: len(held) - share]
             await self.let_go(excess)
-        elif len(held) < share:
+        elif len(held) < share and self.free_estimate() > 0:
             now = time.monotonic()
             free = [s for s in self.slots if s.lease.revision is None and s.task is None and s.retry_at <= now]
             if not free:
                 return
             self.rank()
             free.sort(key=lambda s: s.order)
-            await self.take(free[: share - len(held)], stop)
+            await self.take(free, share - len(held), stop)
 
-    async def take(self, slots: list[Slot], stop: asyncio.Event) -> None:
-        """Try to take these leases, many at a time; start the poller of each one taken."""
+    async def take(self, candidates: list[Slot], wanted: int, stop: asyncio.Event, *, budget: int = 64) -> None:
+        """Take up to ``wanted`` of these leases (in this order), many at a time, trying at most
+        ``max(wanted, budget)`` of them; start the poller of each one taken. Which feeds are free
+        is learnt by trying: one that is not is left alone for a while."""
         limit = asyncio.Semaphore(256)
 
-        async def one(slot: Slot) -> None:
+        async def one(slot: Slot) -> bool:
             async with limit:
                 taken = await slot.lease.acquire()
             if not taken:
-                slot.retry_at = time.monotonic() + self.every * random.uniform(0.5, 1.0)
-                return
+                slot.retry_at = time.monotonic() + self.every * random.uniform(1.0, 2.0)
+                return False
             log.info("%s: lease taken by %s", slot.label, self.owner)
             self.start(slot, stop)
+            return True
 
-        await asyncio.gather(*(one(s) for s in slots))
+        tries = max(wanted, budget)
+        while wanted > 0 and candidates and tries > 0 and not stop.is_set():
+            batch, candidates = candidates[: min(wanted, tries)], candidates[min(wanted, tries):]
+            tries -= len(batch)
+            wanted -= sum(await asyncio.gather(*(one(s) for s in batch)))
 
     def start(self, slot: Slot, stop: asyncio.Event) -> None:
         slot.stop = asyncio.Event()
