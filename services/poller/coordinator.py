@@ -17,8 +17,9 @@ does the work: one task per replica instead of one per feed.
   first and took everything hands the excess to those that join. Which feeds a replica reaches for
   first is its rendezvous-hash order over the live replicas, so replicas starting together rarely
   race for the same feed, and a feed handed over goes to the replica that prefers it.
-- **Start-up.** Leases are taken many at a time, a moment after the replica announced itself
-  (so replicas started together see each other before taking anything).
+- **Start-up.** Leases are taken many at a time (256 in flight) as soon as the replica announced
+  itself; during the first ``2 * ttl`` seconds it reads the ``_replicas`` entry at every tick,
+  so replicas started together converge to even shares within a few ticks.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ class Slot:
 
 
 class FeedCoordinator:
-    def __init__(self, kv: KeyValue, owner: str, ttl: float, feeds: list[tuple[str, Poller]], *, tick: float = 0.5) -> None:
-        self.kv, self.owner, self.ttl = kv, owner, ttl
+    def __init__(
+        self, kv: KeyValue, owner: str, ttl: float, feeds: list[tuple[str, Poller]], *, tick: float = 0.5, spread: float = 10.0,
+    ) -> None:
+        self.kv, self.owner, self.ttl, self.spread = kv, owner, ttl, spread
         self.every = ttl / 3
         self.tick = min(tick, self.every)
         self.slots = [Slot(key, Lease(kv, key, owner, ttl), poller) for key, poller in feeds]
@@ -87,18 +90,21 @@ class FeedCoordinator:
     async def run(self, stop: asyncio.Event) -> None:
         try:
             await self.announce()
-            # Replicas started together see each other before any of them takes a feed.
-            if await wait_or_stop(stop, min(1.0, self.every) * random.uniform(0.8, 1.0)):
-                return
-            await self.announce()
-            renew_at = time.monotonic() + self.every
+            started = time.monotonic()
+            renew_at = started + self.every
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= renew_at:
                     renew_at = now + self.every
                     await self.renew_all()
                     await self.announce()
+                elif now - started < 2 * self.ttl:
+                    # Early on, replicas started together learn of each other (and of how many
+                    # feeds each took) at every tick, not at every renewal: a replica that took
+                    # everything first hands the excess over within a second of the others' start.
+                    await self.announce()
                 self.reap(stop)
+                await self.stop_unconfirmed()
                 await self.rebalance(stop)
                 await wait_or_stop(stop, min(self.tick, max(0.0, renew_at - time.monotonic())))
         finally:
@@ -225,16 +231,22 @@ class FeedCoordinator:
                 slot.retry_at = time.monotonic() + self.every * random.uniform(1.0, 2.0)
                 return False
             log.info("%s: lease taken by %s", slot.label, self.owner)
-            self.start(slot, stop)
+            self.start(slot, stop, spread=self.spread if many else 0.0)
             return True
 
-        tries = max(wanted, budget)
+        many = wanted >= 100
+        tries = max(wanted, budget, min(4 * wanted, 512))
         while wanted > 0 and candidates and tries > 0 and not stop.is_set():
             batch, candidates = candidates[: min(wanted, tries)], candidates[min(wanted, tries):]
             tries -= len(batch)
             wanted -= sum(await asyncio.gather(*(one(s) for s in batch)))
 
-    def start(self, slot: Slot, stop: asyncio.Event) -> None:
+    def start(self, slot: Slot, stop: asyncio.Event, *, spread: float = 0.0) -> None:
+        """Run the slot's poller; its first poll (and cursor load) up to ``spread`` seconds later,
+        capped by its interval: hundreds of feeds taken at once must not all load their cursors
+        and poll in the same instant (the loop would lag past the leases' renewal)."""
+        if spread > 0:
+            slot.poller.first_delay = random.uniform(0.0, min(spread, slot.poller.interval))
         slot.stop = asyncio.Event()
         if stop.is_set():
             slot.stop.set()
@@ -265,6 +277,21 @@ class FeedCoordinator:
                 slot.task = None
                 if slot.lease.revision is not None and not slot.stop.is_set() and not stop.is_set():
                     self.start(slot, stop)
+
+    async def stop_unconfirmed(self) -> None:
+        """A lease whose renewal has not been confirmed for most of its TTL may expire any moment
+        (a bus that does not answer, a loop running late): its poller stops before another
+        replica can take it. It is taken back at the next round if it is still this replica's."""
+        limit = self.ttl - self.every / 2
+        now = time.monotonic()
+        stale = [s for s in self.slots if s.lease.revision is not None and now - s.lease.renewed_at >= limit]
+        if not stale:
+            return
+        for slot in stale:
+            log.warning("%s: lease not confirmed for %.1fs; stopping", slot.label, now - slot.lease.renewed_at)
+            slot.lease.revision = None
+            slot.retry_at = now
+        await self.stop_polling(stale)
 
     async def stop_polling(self, slots: list[Slot]) -> None:
         for slot in slots:
@@ -307,7 +334,7 @@ class FeedCoordinator:
             futures.append((slot, future))
         pending = [f for _, f in futures if f is not None]
         if pending:
-            _, late = await asyncio.wait(pending, timeout=self.every)
+            _, late = await asyncio.wait(pending, timeout=self.every / 2)
             for future in late:
                 future.cancel()
         lost: list[Slot] = []

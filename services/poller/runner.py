@@ -1,6 +1,6 @@
 """One feed of one account: poll on a deadline schedule, publish new records in order,
-advance the cursor over acknowledged events only, report health; and the supervisor that
-runs it only while this replica holds the feed's lease.
+advance the cursor over acknowledged events only, report health. ``coordinator.py`` runs it
+only while this replica holds the feed's lease.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from pbxbridge.bus.envelope import CloudEvent, IdMaker, format_time, schema_uri
 from pbxbridge.bus.outcomes import DeadLetter, dead_letter
 from pbxbridge.config import Account
 from pbxbridge.events import FeedHealth
-from pbxbridge.health import Probe, Status
 from pbxbridge.metrics import SECONDS_BUCKETS, feed_lag
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import (
@@ -42,7 +41,6 @@ from pbxbridge.vendors.errors import (
 from services.poller.cursor import Cursor, CursorStore, LostOwnership, digest
 from pbxbridge.feeds import AnyFeed, Feed, FetchWindow, interval_of
 from services.poller.folds import FoldSettler
-from services.poller.lease import Lease
 from services.poller.publisher import OrderedPublisher, Outgoing, PublishInterrupted, publish_in_order, stored_after
 
 log = logging.getLogger("pbxbridge.poller")
@@ -191,6 +189,7 @@ class Poller:
         self.reported = OK
         self.pin = HeapPinning()
         self.newest_seen = 0.0  # epoch seconds of the newest record seen: the feed lag gauge's source
+        self.first_delay = 0.0  # seconds before the first poll of the next run (set by the coordinator)
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -295,8 +294,11 @@ class Poller:
 
     async def _run(self, stop: asyncio.Event) -> None:
         """Poll by deadline (start + k * interval, plus jitter), never sleep-after-poll."""
-        interval = interval_of(self.feed, self.account)
+        interval = self.interval
         duration_attrs = {"vendor": self.account.vendor, "feed": self.feed.name}
+        delay, self.first_delay = self.first_delay, 0.0
+        if delay > 0 and await wait_or_stop(stop, delay):
+            return
         await self.start()
         deadline = time.monotonic()
         while not stop.is_set():
@@ -319,6 +321,10 @@ class Poller:
     @property
     def label(self) -> str:
         return f"{self.account.vendor}/{self.account.id}/{self.feed.name}"
+
+    @property
+    def interval(self) -> float:
+        return interval_of(self.feed, self.account)
 
 
 class FeedPoller(Poller):
@@ -683,62 +689,3 @@ async def discard(items: list) -> None:
     while items:
         del items[-4096:]
         await breathe()
-
-
-class FeedSupervisor:
-    """Holds the feed's lease while polling it (a log or a state feed); lets go (or loses it)
-    and waits its turn."""
-
-    def __init__(self, bus: Bus, lease: Lease, poller: Poller) -> None:
-        self.bus, self.lease, self.poller = bus, lease, poller
-        # For readiness: starting (no answer from the lease bucket yet), waiting (another replica
-        # polls the feed), polling (ours), restarting (the poller failed; taken again shortly).
-        self.state = "starting"
-
-    async def run(self, stop: asyncio.Event) -> None:
-        every = self.lease.ttl / 3
-        label = self.poller.label
-        try:
-            while not stop.is_set():
-                if not await self.lease.acquire():
-                    self.state = "waiting"
-                    await wait_or_stop(stop, every * random.uniform(0.5, 1.0))
-                    continue
-                self.state = "polling"
-                log.info("%s: lease taken by %s", label, self.lease.owner)
-                polling = asyncio.create_task(self.poller.run(stop), name=f"poll {label}")
-                while not polling.done():
-                    await asyncio.wait([polling], timeout=every)
-                    if not polling.done() and not await self.lease.renew():
-                        self.state = "waiting"
-                        log.warning("%s: lease lost; stopping", label)
-                        polling.cancel()
-                        await asyncio.gather(polling, return_exceptions=True)
-                if not polling.cancelled() and polling.exception() is not None:
-                    exc = polling.exception()
-                    if isinstance(exc, LostOwnership):
-                        log.warning("%s: another replica wrote the feed's cursor or snapshot; letting go", label)
-                    else:
-                        log.error("%s: poller failed; restarting it", label, exc_info=exc)
-                    self.lease.revision = None
-                    self.state = "restarting"
-                    await wait_or_stop(stop, every)
-        finally:
-            await self.lease.release()
-
-
-def leases_probe(supervisors: Sequence[FeedSupervisor]) -> Probe:
-    """Every feed's lease is held (polling) or waiting for another replica's to end; a feed whose
-    poller failed and restarts is named (degraded: the others poll); none answered yet: failing."""
-
-    async def probe() -> Status:
-        states = Tally(s.state for s in supervisors)
-        data = {"feeds": len(supervisors), **states}
-        if states["starting"]:
-            return Status("failing", f"{states['starting']} feed lease(s) not reached yet", data)
-        restarting = [s.poller.label for s in supervisors if s.state == "restarting"]
-        if restarting:
-            return Status("degraded", "poller failed, restarting: " + ", ".join(restarting), data)
-        return Status("ok", data=data)
-
-    return probe
