@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -64,6 +65,8 @@ class Slot:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     retry_at: float = 0.0  # monotonic: not before this, try to take it again
+    renewing: asyncio.Future | None = None  # the renewal in flight
+    renewing_since: float = 0.0
     order: tuple[int, int] = (0, 0)  # acquisition preference, lowest first
 
     @property
@@ -84,6 +87,7 @@ class FeedCoordinator:
         self.prefix = getattr(kv, "_pre", None) or f"$KV.{getattr(kv, '_name', '')}."
         self.js = kv._js  # noqa: SLF001 - the context the bucket was opened with
         self._ranked_for: frozenset[str] = frozenset()
+        self.lost: list[Slot] = []  # leases whose renewal found another revision
 
     # ---- the whole life -------------------------------------------------------------------
 
@@ -316,47 +320,47 @@ class FeedCoordinator:
             log.info("poller %s: handed %d feed(s) over (share %d of %d)", self.owner, len(slots), self.share(), len(self.slots))
 
     async def renew_all(self) -> None:
-        """One compare-and-set per held lease, all in flight together."""
-        held = self.held()
-        if not held:
-            return
+        """One compare-and-set per held lease, all in flight together, none awaited: each ack
+        confirms its lease when it arrives (``_renewed``), however late a busy loop reads it; a
+        lease whose renewal is still in flight is not renewed again meanwhile. ``stop_unconfirmed``
+        stops the pollers of leases left unconfirmed too long."""
         started = time.monotonic()
-        futures: list[tuple[Slot, asyncio.Future | None]] = []
-        for slot in held:
+        for slot in self.held():
+            if slot.renewing is not None:
+                if not slot.renewing.done() and started - slot.renewing_since < self.ttl:
+                    continue
+                slot.renewing.cancel()  # never answered: frees nats-py's in-flight slot
+            revision = slot.lease.revision
             try:
                 future = await self.js.publish_async(
                     self.prefix + slot.key, slot.lease.owner.encode(),
-                    headers={Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(slot.lease.revision)},
+                    headers={Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)},
                 )
             except _BUS_ERRORS as exc:
                 log.warning("leases: cannot renew now: %s", exc)
-                future = None
-            futures.append((slot, future))
-        pending = [f for _, f in futures if f is not None]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.every / 2)
-            for future in late:
-                future.cancel()
-        lost: list[Slot] = []
-        for slot, future in futures:
-            error = None
-            if future is None or future.cancelled():
-                error = TimeoutError("no answer")
-            elif future.exception() is not None:
-                error = future.exception()
-            if error is None:
-                slot.lease.revision = future.result().seq
-                slot.lease.renewed_at = started
-            elif isinstance(error, nats.js.errors.APIError) and error.err_code in _WRONG_LAST:
-                lost.append(slot)
-            elif not slot.lease.held:
-                log.warning("%s: lease not renewed within its TTL (%s); stopping", slot.label, error)
-                lost.append(slot)
-        if lost:
+                return
+            slot.renewing, slot.renewing_since = future, started
+            future.add_done_callback(functools.partial(self._renewed, slot, started, revision))
+        if self.lost:
+            lost, self.lost = self.lost, []
             await self._settle_lost(lost)
+
+    def _renewed(self, slot: Slot, started: float, revision: int | None, future: asyncio.Future) -> None:
+        if slot.renewing is future:
+            slot.renewing = None
+        if future.cancelled() or slot.lease.revision != revision:
+            return  # given up, or the lease changed hands meanwhile
+        error = future.exception()
+        if error is None:
+            slot.lease.revision = future.result().seq
+            slot.lease.renewed_at = max(slot.lease.renewed_at, started)
+        elif isinstance(error, nats.js.errors.APIError) and error.err_code in _WRONG_LAST:
+            self.lost.append(slot)  # settled at the next renewal round
 
     async def _settle_lost(self, slots: list[Slot]) -> None:
         """Leases whose renewal failed: take back those nobody else took, stop the others."""
+        slots = [s for s in dict.fromkeys(slots) if s.lease.revision is not None]
+
         async def retake(slot: Slot) -> bool:
             slot.lease.revision = None
             return await slot.lease.acquire()
