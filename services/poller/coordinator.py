@@ -286,7 +286,7 @@ class FeedCoordinator:
         """A lease whose renewal has not been confirmed for most of its TTL may expire any moment
         (a bus that does not answer, a loop running late): its poller stops before another
         replica can take it. It is taken back at the next round if it is still this replica's."""
-        limit = self.ttl - self.every / 2
+        limit = self.ttl  # as ``Lease.held``: the entry cannot have expired before
         now = time.monotonic()
         stale = [s for s in self.slots if s.lease.revision is not None and now - s.lease.renewed_at >= limit]
         if not stale:

@@ -71,7 +71,7 @@ class Meters:
 class Tuning:
     """Knobs tests and benchmarks turn; defaults suit production."""
 
-    window: int = 4000  # publish_async messages in flight (nats-py's own limit)
+    window: int = 1000  # publish_async messages in flight
     build_chunk: int = 1000  # events built before they are handed to the publisher
     ack_timeout: float = 5.0
     checkpoint_every: int = 2000  # cursor writes during a long batch
