@@ -92,27 +92,35 @@ class FeedCoordinator:
     # ---- the whole life -------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        renewer: asyncio.Task | None = None
         try:
             await self.announce()
+            # Renewals in their own task: taking hundreds of leases (or a slow round of probes)
+            # must never delay them past the leases' TTL.
+            renewer = asyncio.create_task(self._renew_forever(stop), name=f"leases {self.owner}")
             started = time.monotonic()
-            renew_at = started + self.every
             while not stop.is_set():
-                now = time.monotonic()
-                if now >= renew_at:
-                    renew_at = now + self.every
-                    await self.renew_all()
-                    await self.announce()
-                elif now - started < 2 * self.ttl:
+                if time.monotonic() - started < 2 * self.ttl:
                     # Early on, replicas started together learn of each other (and of how many
                     # feeds each took) at every tick, not at every renewal: a replica that took
                     # everything first hands the excess over within a second of the others' start.
-                    await self.announce()
+                    await self.refresh_members()
                 self.reap(stop)
                 await self.stop_unconfirmed()
                 await self.rebalance(stop)
-                await wait_or_stop(stop, min(self.tick, max(0.0, renew_at - time.monotonic())))
+                if renewer.done():
+                    renewer.result()  # its failure is ours
+                await wait_or_stop(stop, self.tick)
         finally:
+            if renewer is not None:
+                renewer.cancel()
+                await asyncio.gather(renewer, return_exceptions=True)
             await self.shutdown()
+
+    async def _renew_forever(self, stop: asyncio.Event) -> None:
+        while not await wait_or_stop(stop, self.every):
+            await self.renew_all()
+            await self.announce()
 
     async def shutdown(self) -> None:
         for slot in self.slots:
@@ -143,21 +151,32 @@ class FeedCoordinator:
         return math.ceil(len(self.slots) / len(self.live()))
 
     async def announce(self) -> None:
-        """Write this replica's expiry into ``_replicas`` (compare-and-set), and read the others'."""
-        for _ in range(5):
+        """Write this replica's expiry and lease count into ``_replicas`` (compare-and-set), and
+        read the others'. What was read is kept even when the write loses to another replica's."""
+        for _ in range(10):
             try:
                 members = await self._read_members()
                 now = time.time()
                 members = {m: e for m, e in members.items() if e[0] > now}
                 members[self.owner] = (now + self.ttl, len(self.held()))
-                await self._write_members(members)
                 self.members = members
+                await self._write_members(members)
                 return
             except nats.js.errors.KeyWrongLastSequenceError:
-                await asyncio.sleep(random.uniform(0.0, 0.05))  # another replica wrote it meanwhile
+                await asyncio.sleep(random.uniform(0.0, 0.2))  # another replica wrote it meanwhile
             except _BUS_ERRORS as exc:
                 log.debug("replicas entry: %s", exc)
                 return
+
+    async def refresh_members(self) -> None:
+        """Read the others' entries without writing (this replica's own stays as last written)."""
+        try:
+            members = await self._read_members()
+        except _BUS_ERRORS as exc:
+            log.debug("replicas entry: %s", exc)
+            return
+        members[self.owner] = self.members.get(self.owner, (time.time() + self.ttl, len(self.held())))
+        self.members = members
 
     async def leave(self) -> None:
         for _ in range(5):
@@ -232,7 +251,7 @@ class FeedCoordinator:
             async with limit:
                 taken = await slot.lease.acquire()
             if not taken:
-                slot.retry_at = time.monotonic() + self.every * random.uniform(1.0, 2.0)
+                slot.retry_at = time.monotonic() + self.every * random.uniform(0.3, 0.6)
                 return False
             log.info("%s: lease taken by %s", slot.label, self.owner)
             self.start(slot, stop, spread=self.spread if many else 0.0)
