@@ -33,6 +33,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter as Tally
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -40,6 +41,7 @@ import nats.js.errors
 from nats.js.api import Header
 from nats.js.kv import KeyValue
 
+from pbxbridge.health import Probe, Status
 from services.poller.cursor import LostOwnership
 from services.poller.lease import Lease
 from services.poller.runner import Poller, wait_or_stop
@@ -68,6 +70,7 @@ class Slot:
     renewing: asyncio.Future | None = None  # the renewal in flight
     renewing_since: float = 0.0
     order: tuple[int, int] = (0, 0)  # acquisition preference, lowest first
+    failed: bool = False  # the poller failed and starts again after a pause
 
     @property
     def label(self) -> str:
@@ -88,6 +91,7 @@ class FeedCoordinator:
         self.js = kv._js  # noqa: SLF001 - the context the bucket was opened with
         self._ranked_for: frozenset[str] = frozenset()
         self.lost: list[Slot] = []  # leases whose renewal found another revision
+        self.reached = False  # the bucket answered once: a feed not held is another replica's to poll
 
     # ---- the whole life -------------------------------------------------------------------
 
@@ -192,8 +196,10 @@ class FeedCoordinator:
         try:
             entry = await self.kv.get(MEMBERS)
         except nats.js.errors.KeyNotFoundError as exc:
+            self.reached = True
             self.members_revision = getattr(getattr(exc, "entry", None), "revision", None)
             return {}
+        self.reached = True
         self.members_revision = entry.revision
         try:
             return {str(k): (float(v[0]), int(v[1])) for k, v in json.loads(entry.value or b"{}").items()}
@@ -219,6 +225,16 @@ class FeedCoordinator:
             mine = _score(self.owner, slot.key)
             wins = all(mine > _score(o, slot.key) for o in others)
             slot.order = (0 if wins else 1, -mine)
+
+    # ---- readiness ------------------------------------------------------------------------
+
+    def state(self, slot: Slot) -> str:
+        """polling (this replica holds the lease), restarting (held, its poller failed and starts
+        again shortly), waiting (another replica polls it, or takes it within its share), or
+        starting (the lease bucket has not answered yet)."""
+        if slot.lease.revision is not None:
+            return "restarting" if slot.failed else "polling"
+        return "waiting" if self.reached else "starting"
 
     # ---- leases ---------------------------------------------------------------------------
 
@@ -276,8 +292,7 @@ class FeedCoordinator:
         slot.task = asyncio.create_task(self._poll(slot), name=f"poll {slot.label}")
 
     async def _poll(self, slot: Slot) -> None:
-        """The feed's poller while the lease is held; restarted after a failure, as the supervisor
-        per feed did."""
+        """The feed's poller while the lease is held; restarted after a failure."""
         while not slot.stop.is_set():
             try:
                 await slot.poller.run(slot.stop)
@@ -289,8 +304,12 @@ class FeedCoordinator:
                 return
             except Exception as exc:  # noqa: BLE001 - one feed's failure must not stop the others
                 log.error("%s: poller failed; restarting it", slot.label, exc_info=exc)
-                if await wait_or_stop(slot.stop, self.every):
-                    return
+                slot.failed = True
+                try:
+                    if await wait_or_stop(slot.stop, self.every):
+                        return
+                finally:
+                    slot.failed = False
 
     def reap(self, stop: asyncio.Event) -> None:
         """Forget the tasks of pollers that ended (lost ownership); restart one that ended while
@@ -391,3 +410,21 @@ class FeedCoordinator:
             slot.lease.revision = None
             slot.retry_at = time.monotonic() + self.every
         await self.stop_polling(gone)
+
+
+def leases_probe(coordinator: FeedCoordinator) -> Probe:
+    """Every feed's lease is held (polling) or another replica's (waiting); a feed whose poller
+    failed and restarts is named (degraded: the others poll); no answer from the bucket yet: failing."""
+
+    async def probe() -> Status:
+        states = {slot.label: coordinator.state(slot) for slot in coordinator.slots}
+        tally = Tally(states.values())
+        data = {"feeds": len(states), **tally}
+        if tally["starting"]:
+            return Status("failing", f"{tally['starting']} feed lease(s) not reached yet", data)
+        restarting = [label for label, state in states.items() if state == "restarting"]
+        if restarting:
+            return Status("degraded", "poller failed, restarting: " + ", ".join(restarting), data)
+        return Status("ok", data=data)
+
+    return probe

@@ -15,7 +15,7 @@ from pbxbridge.vendors import client_for
 from pbxbridge.vendors.client import SharedTransport
 from services.poller.cursor import CursorStore
 from pbxbridge.feeds import StateFeed, feeds_of, names_of
-from services.poller.coordinator import FeedCoordinator
+from services.poller.coordinator import FeedCoordinator, leases_probe
 from services.poller.runner import FeedPoller, Meters, Tuning
 from services.poller.snapshot import SnapshotStore
 from services.poller.state import StatePoller
@@ -61,6 +61,7 @@ async def serve(
     health.add("poller.bus", bus_probe(
         bus, streams=[names.events, names.dead_letters], buckets=[names.cursors, names.leases, names.tokens],
     ))
+    health.add("poller.leases", leases_probe(coordinator))
     health.add("poller.vendors", vendors_probe(clients))
     try:
         await coordinator.run(stop)
