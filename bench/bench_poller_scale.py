@@ -202,6 +202,7 @@ async def scenario(
     env = {
         **os.environ, "PBX_NATS_URL": url, "PBX_PREFIX": prefix, "PBX_CONFIG": str(config),
         "BENCH_YEMOT_PASSWORD": sims[0].password, "PYTHONPATH": str(REPO),
+        "PBX_HEALTH_PORT": "0",  # replicas on one host: the default port would stop all but the first
     }
     started = time.monotonic()
     procs = []
