@@ -541,9 +541,11 @@ class FeedPoller(Poller):
             await self.save_cursor()
         return first_error
 
-    async def publish(self, messages: list[Outgoing], stamps: list[tuple[float, str]], stop: asyncio.Event) -> None:
-        """Publish until every message is acked (or stop); the cursor follows the acks."""
-        committed = 0
+    async def publish(
+        self, messages: list[Outgoing], stamps: list[tuple[float, str]], stop: asyncio.Event, *, start: int = 0,
+    ) -> None:
+        """Publish ``messages[start:]`` until every one is acked (or stop); the cursor follows the acks."""
+        committed = start
 
         async def checkpoint(acked: int, seq: int) -> None:
             nonlocal committed
@@ -552,15 +554,15 @@ class FeedPoller(Poller):
             committed = acked
             await self.save_cursor()
 
-        await self.publish_acked(messages, stop, checkpoint)
+        await self.publish_acked(messages, stop, checkpoint, start=start)
 
     async def publish_page(self, page: Page, stop: asyncio.Event) -> tuple[list[Outgoing], list[tuple[float, str]], float]:
         """Build the page's events a chunk at a time and publish each chunk as soon as it is built,
         so building overlaps the acks of what went before; the cursor follows the acks as in
         ``publish``, its writes made in the background (a write in flight is not waited for:
         the next checkpoint, or the end, writes the newer state). Returns (messages, their
-        stamps, seconds spent building). A run the bus interrupts is finished by ``publish_acked``
-        with its retries."""
+        stamps, seconds spent building). A run the bus interrupts is finished by ``publish``, with
+        ``publish_acked``'s retries."""
         chunk = max(1, self.tuning.build_chunk)
         messages: list[Outgoing] = []
         stamps: list[tuple[float, str]] = []
@@ -583,12 +585,12 @@ class FeedPoller(Poller):
             saved = committed
             saving = asyncio.create_task(self.save_cursor(), name=f"cursor {self.label}")
 
-        async def blocking_checkpoint(acked: int, seq: int) -> None:
-            nonlocal committed
-            self.advance(stamps[committed:acked])
-            self.cursor.seq = max(self.cursor.seq, seq)
-            committed = acked
-            await self.save_cursor()
+        async def saved_in_background() -> None:
+            nonlocal saving
+            if saving is not None:
+                await saving
+                saving.result()  # LostOwnership
+                saving = None
 
         records = page.records
         publisher = OrderedPublisher(
@@ -615,22 +617,16 @@ class FeedPoller(Poller):
                              f", {duplicates} already on the bus" if duplicates else "")
                 except PublishInterrupted as exc:
                     interrupted = exc
-            if saving is not None:
-                await saving
-                saving.result()
-                saving = None
+            await saved_in_background()
             if interrupted is not None:
                 await checkpoint(interrupted.acked, interrupted.seq)
-                if saving is not None:
-                    await saving
-                    saving.result()
-                    saving = None
+                await saved_in_background()
                 self.meters.publish_retries.add(1, self.attrs)
                 log.warning("%s: bus did not confirm (%r); retrying from event %d of %d",
                             self.label, interrupted.cause, committed, len(messages))
                 if await wait_or_stop(stop, self.tuning.retry_backoff):
                     return messages, stamps, building
-                await self.publish_acked(messages, stop, blocking_checkpoint, start=committed)
+                await self.publish(messages, stamps, stop, start=committed)
             elif saved < committed:
                 await self.save_cursor()
         finally:
