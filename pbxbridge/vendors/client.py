@@ -144,23 +144,20 @@ def aiohttp_transport(*, max_connections: int = 100, keepalive: float = 5.0) -> 
 
 
 class SharedTransport(httpx.AsyncBaseTransport):
-    """One ``aiohttp_transport`` for every account's client in a process (the poller's
-    thousands of accounts): one connection pool instead of one per client, whose idle
-    connections outlive a poll interval (httpx's 5 s expiry is shorter than a 10 s interval,
-    so every poll would reconnect). The clients' ``aclose`` leaves it open; its owner calls
-    ``close``."""
+    """A client's handle on a connection pool (an ``aiohttp_transport``) that every account's
+    client in a process shares (the poller's thousands of accounts): one pool instead of one per
+    client. A handle per client, not the pool itself, because tracing wraps each client's
+    transport: wrapped once per client, a shared one would record a span per client on every
+    request. Closing a client leaves the pool open; its owner closes it."""
 
-    def __init__(self, *, keepalive: float = 60.0, max_connections: int = 512) -> None:
-        self._inner = aiohttp_transport(max_connections=max_connections, keepalive=keepalive)
+    def __init__(self, pool: httpx.AsyncBaseTransport) -> None:
+        self._pool = pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._inner.handle_async_request(request)
+        return await self._pool.handle_async_request(request)
 
     async def aclose(self) -> None:
         """A client closing: the pool is the owner's."""
-
-    async def close(self) -> None:
-        await self._inner.aclose()
 
 
 def _never_sent_or_cut(exc: httpx.TimeoutException) -> bool:

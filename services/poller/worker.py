@@ -12,7 +12,7 @@ from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config
 from pbxbridge.health import Health, bus_probe, vendors_probe
 from pbxbridge.vendors import client_for
-from pbxbridge.vendors.client import SharedTransport
+from pbxbridge.vendors.client import SharedTransport, aiohttp_transport
 from services.poller.cursor import CursorStore
 from pbxbridge.feeds import StateFeed, feeds_of, names_of
 from services.poller.coordinator import FeedCoordinator, leases_probe
@@ -32,7 +32,9 @@ async def serve(
     leases = await bus.js.key_value(names.leases)
     tokens = KvTokenStore(await bus.js.key_value(names.tokens))
     meters = Meters(meter)
-    transport = SharedTransport()  # one pool and SSL context for every account
+    # One pool for every account, its idle connections kept past a poll interval (httpx's 5 s
+    # expiry is shorter than a 10 s interval: every poll would reconnect).
+    pool = aiohttp_transport(max_connections=512, keepalive=60.0)
     clients, feeds_run = [], []
     for account in config.accounts:
         wanted = account.options.feeds
@@ -42,7 +44,7 @@ async def serve(
             log.warning("%s: no such feed(s): %s", account.key, ", ".join(sorted(unknown)))
         if not feeds:
             continue
-        client = client_for(account, token_store=tokens, transport=transport)
+        client = client_for(account, token_store=tokens, transport=SharedTransport(pool))
         clients.append(client)
         for feed in feeds:
             key = f"{account.vendor}.{account.id}.{feed.name}"  # cursor or snapshot, and lease
@@ -70,4 +72,4 @@ async def serve(
             health.remove(name)
         for client in clients:
             await client.aclose()
-        await transport.close()
+        await pool.aclose()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pbxbridge.bus.embedded import free_port
-from pbxbridge.vendors.client import SharedTransport
+from pbxbridge.vendors.client import SharedTransport, aiohttp_transport
 from pbxbridge.vendors.errors import VendorTimeout, VendorTransientError
 from pbxbridge.vendors.swan import Client, Simulator
 
@@ -15,40 +15,40 @@ PROBE, PARAMS = "getUserStatus", {"extension": "200"}
 
 
 async def test_a_client_closing_leaves_the_shared_pool_to_the_others() -> None:
-    transport = SharedTransport()
+    pool = aiohttp_transport()
     try:
         async with Simulator(activity=False) as sim:
-            first, second = Client(sim.account(), transport=transport), Client(sim.account(), transport=transport)
+            first, second = (Client(sim.account(), transport=SharedTransport(pool)) for _ in range(2))
             await first.call(PROBE, PARAMS)
             await first.aclose()
             await second.call(PROBE, PARAMS)
             await second.aclose()
         assert [outcome for op, outcome in sim.requests if op == PROBE] == ["ok", "ok"]
     finally:
-        await transport.close()
+        await pool.aclose()
 
 
 async def test_a_refused_connection_is_unreachable_not_a_timeout() -> None:
     """A timeout may mean the vendor acted; a refused connection means it never heard us."""
-    transport = SharedTransport()
+    pool = aiohttp_transport()
     try:
         async with Simulator(activity=False) as sim:
             account = sim.account().model_copy(update={"base_url": f"http://127.0.0.1:{free_port()}"})
-        async with Client(account, transport=transport) as client:
+        async with Client(account, transport=SharedTransport(pool)) as client:
             with pytest.raises(VendorTransientError, match="cannot reach vendor") as caught:
                 await client.call(PROBE, PARAMS)
         assert not isinstance(caught.value, VendorTimeout)
     finally:
-        await transport.close()
+        await pool.aclose()
 
 
 async def test_a_reply_too_slow_is_a_timeout() -> None:
-    transport = SharedTransport()
+    pool = aiohttp_transport()
     try:
         async with Simulator(activity=False) as sim:
             sim.faults.trickle_rate, sim.faults.trickle_interval = 1.0, 0.1
-            async with Client(sim.account(timeout=0.5), transport=transport) as client:
+            async with Client(sim.account(timeout=0.5), transport=SharedTransport(pool)) as client:
                 with pytest.raises(VendorTimeout):
                     await client.call(PROBE, PARAMS)
     finally:
-        await transport.close()
+        await pool.aclose()
