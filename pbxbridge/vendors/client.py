@@ -160,7 +160,7 @@ class SharedTransport(httpx.AsyncBaseTransport):
         """A client closing: the pool is the owner's."""
 
 
-def _never_sent_or_cut(exc: httpx.TimeoutException) -> bool:
+def _never_sent_or_cut(exc: Exception) -> bool:
     """httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` (a refused connection, a server
     that closed it) to ``ConnectTimeout``; httpx's own transport calls those transport errors.
     Only a real wait that ran out is a timeout (which may mean the vendor acted)."""
@@ -312,14 +312,11 @@ class VendorClient:
                     response = await self._receive(op, request, max_bytes or opts.max_reply_bytes)
                 kind = _error_kind(response.status_code)
                 return response
-            except httpx.TimeoutException as exc:
+            except (TimeoutError, httpx.TimeoutException) as exc:
                 if _never_sent_or_cut(exc):
                     kind = "unreachable"
                     raise VendorTransientError(
                         f"cannot reach vendor: {type(exc.__cause__).__name__}", **self._where(op)) from None
-                kind = "timeout"
-                raise VendorTimeout(f"no complete reply within {budget:.1f}s", **self._where(op)) from None
-            except TimeoutError:
                 kind = "timeout"
                 raise VendorTimeout(f"no complete reply within {budget:.1f}s", **self._where(op)) from None
             except httpx.TransportError as exc:
