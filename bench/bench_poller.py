@@ -3,8 +3,9 @@
     python bench/bench_poller.py [--sms 20000] [--runs 5]
 
 Poller: a Yemot simulator holding N incoming SMS, served from another process (its own CPU
-is not the poller's), one poller (``worker.serve``) on a fresh prefix, timed from start until JetStream holds all N events (fetch from the vendor, event
-building, ordered ``publish_async`` with a bounded window, cursor checkpoints included).
+is not the poller's), one poller (``worker.serve``) on a fresh prefix, timed from start until
+JetStream holds all N events (fetch from the vendor, event building, ordered ``publish_async``
+with a bounded window, cursor checkpoints included).
 Raw: ``js.publish_async`` of N messages of the same size (body and CloudEvents headers, unique
 ``Nats-Msg-Id``) to the same server, timed until every ack arrived. Medians of several runs.
 """
