@@ -71,6 +71,7 @@ class Slot:
     renewing_since: float = 0.0
     order: tuple[int, int] = (0, 0)  # acquisition preference, lowest first
     failed: bool = False  # the poller failed and starts again after a pause
+    tried_at: float = 0.0  # monotonic: the last try to take it that found it held
 
     @property
     def label(self) -> str:
@@ -254,7 +255,10 @@ class FeedCoordinator:
             if not free:
                 return
             self.rank()
-            free.sort(key=lambda s: s.order)
+            # Least recently tried first, by preference among equals: with a few feeds free among
+            # thousands held by others, the same preferred (held) ones would otherwise come back
+            # after every retry pause and the free ones, further down, would never be reached.
+            free.sort(key=lambda s: (s.tried_at, s.order))
             await self.take(free, share - len(held), stop)
 
     async def take(self, candidates: list[Slot], wanted: int, stop: asyncio.Event, *, budget: int = 64) -> None:
@@ -267,7 +271,8 @@ class FeedCoordinator:
             async with limit:
                 taken = await slot.lease.acquire()
             if not taken:
-                slot.retry_at = time.monotonic() + self.every * random.uniform(0.3, 0.6)
+                slot.tried_at = time.monotonic()
+                slot.retry_at = slot.tried_at + self.every * random.uniform(0.3, 0.6)
                 return False
             log.info("%s: lease taken by %s", slot.label, self.owner)
             self.start(slot, stop, spread=self.spread if many else 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from helpers_poller import wait_for
@@ -128,3 +129,27 @@ async def test_readiness_names_polling_waiting_and_restarting_feeds(bus: Bus) ->
             await wait_for(both_ready, what="both replicas ready")
             await wait_for(lambda: shares(feeds) == {"a": 1, "b": 1}, timeout=20, what="one feed each")
             assert (await leases_probe(b)()).data == {"feeds": 2, "polling": 1, "waiting": 1}
+
+
+async def test_a_few_free_feeds_ranked_last_among_many_held_are_taken(bus: Bus) -> None:
+    """Five free feeds among 600 held by another replica, all five last in this replica's
+    preference: each round tries the feeds not tried yet before those found held, so they are
+    taken within a cycle of rounds, however soon a held one may be tried again."""
+    n, free = 605, 5
+    kv = await bus.js.key_value(bus.names.leases)
+    feeds = Feeds()
+    coordinator = FeedCoordinator(kv, "a", TTL, [(k, feeds.poller(k, "a")) for k in keys(n)], tick=0.1, spread=0.0)
+    coordinator.members = {"x": (time.time() + 60, n - free)}
+    coordinator.rank()
+    last = sorted(coordinator.slots, key=lambda s: s.order)[-free:]
+    await asyncio.gather(*(kv.create(s.key, b"x") for s in coordinator.slots if s not in last))
+    stop = asyncio.Event()
+    try:
+        for _ in range(3):  # 512 tries a round at most: two rounds reach all 605
+            await coordinator.rebalance(stop)
+            for slot in coordinator.slots:
+                slot.retry_at = 0.0  # as if the pause before trying a held feed again had passed
+        assert set(coordinator.held()) == set(last)
+    finally:
+        stop.set()
+        await coordinator.shutdown()
