@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from pbxbridge import telemetry
 from pbxbridge.health import Health, serve_health
-
-# The service tests' helpers (running commander and poller, wait_for) live beside them.
-sys.path.insert(0, str(Path(__file__).parent / "services"))
 
 
 @dataclass

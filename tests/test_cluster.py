@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -54,6 +55,7 @@ from pbxbridge.vendors.yemot.operations import SmsRow
 from services.commander.worker import serve as serve_commander
 from services.poller.worker import serve as serve_poller
 from services.recordings.worker import serve as serve_recordings
+from support import wait_for as poll_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -69,18 +71,8 @@ SETTLE = 40.0  # seconds allowed for the backlog to drain once the load stops
 
 # ---- helpers ---------------------------------------------------------------------------------
 
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
+# JetStream's leader and stream info are asked for every 0.1 s: during elections faster polling only adds load.
+wait_for = functools.partial(poll_until, every=0.1)
 
 
 async def every(rate: float, stop: asyncio.Event, action: Callable[[int], Any]) -> None:

@@ -170,3 +170,34 @@ async def test_claim_writes_give_up_before_the_claim_expires(ledger: Ledger, mon
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await claim.finish(result=a_result())
     assert (await ledger.read("k.silent"))[0].live()  # still ours when we gave up
+
+
+async def test_create_claim_takes_only_a_key_never_seen(ledger: Ledger) -> None:
+    """One write claims a new key; on a key that exists (live, done or released) it takes nothing
+    and writes nothing, so the caller goes the long way (read, then claim)."""
+    claim = await ledger.create_claim("k.fresh", holder="w1", ttl=TTL)
+    assert isinstance(claim, Claim) and claim.previous is None and claim.attempt == 1
+    entry, revision = await ledger.read("k.fresh")
+    assert entry.state == "running" and entry.owner == claim.owner and revision == claim.revision
+    assert await ledger.create_claim("k.fresh", holder="w2", ttl=TTL) is None  # live
+    await claim.release("retrying", error={"kind": "timeout"})
+    assert await ledger.create_claim("k.fresh", holder="w2", ttl=TTL) is None  # released
+    again = await take(ledger, "k.fresh", holder="w2")
+    assert again.attempt == 2 and again.previous.state == "retrying"
+    await again.finish(result=a_result())
+    assert await ledger.create_claim("k.fresh", holder="w3", ttl=TTL) is None  # done
+    entry, _ = await ledger.read("k.fresh")
+    assert entry.state == "done" and entry.attempt == 2
+
+
+async def test_mark_published_with_a_stale_revision_reads_again(ledger: Ledger) -> None:
+    """The revision an ending stored at saves a read; if someone wrote since, the mark still lands
+    on what is stored now and never turns it back into something else."""
+    claim = await take(ledger, "k.pub")
+    stored = await claim.finish(result=a_result())
+    await ledger.mark_published("k.pub", stored, claim.revision)
+    entry, revision = await ledger.read("k.pub")
+    assert entry.state == "done" and entry.published and revision == claim.revision + 1
+    await ledger.mark_published("k.pub", stored, claim.revision)  # stale: a no-op on a published entry
+    entry, again = await ledger.read("k.pub")
+    assert entry.published and again == revision

@@ -173,6 +173,16 @@ class Ledger:
                 continue  # another claimant moved first: look again
             return claim
 
+    async def create_claim(self, key: str, *, holder: str, ttl: float) -> "Claim | None":
+        """Claim a key never seen, in one write and no read (the usual case: a new command);
+        None if the key exists: then ``read`` it and ``claim`` as usual."""
+        claim = Claim(self, key, holder=holder, ttl=ttl, previous=None)
+        try:
+            claim.revision = await self.write(key, claim.running(), None)
+        except LedgerConflict:
+            return None
+        return claim
+
     async def finish(self, key: str, *, result: Result | None = None, detail: dict[str, Any] | None = None) -> LedgerEntry:
         """End a key nobody claimed (e.g. a message rejected before any work); returns the stored
         ``done`` entry, which is an earlier one if the key was already done."""
@@ -191,8 +201,17 @@ class Ledger:
             return done
 
 
-    async def mark_published(self, key: str) -> None:
-        """Note that a done entry's result reached the stream: a later delivery need not send it."""
+    async def mark_published(self, key: str, entry: LedgerEntry | None = None, revision: int | None = None) -> None:
+        """Note that a done entry's result reached the stream: a later delivery need not send it.
+
+        Given the ``done`` entry and the revision it was stored at (a claim's ending), one
+        compare-and-set write, no read; on a conflict (or without them) read and try again."""
+        if entry is not None and revision is not None and entry.state == "done" and not entry.published:
+            try:
+                await self.write(key, entry.model_copy(update={"published": True}), revision)
+                return
+            except LedgerConflict:
+                pass
         while True:
             entry, revision = await self.read(key)
             if entry is None or entry.state != "done" or entry.published:

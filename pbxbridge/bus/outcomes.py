@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import random
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,9 @@ from pbxbridge.redact import mask_params
 
 if TYPE_CHECKING:
     from pbxbridge.bus import Bus
+    from nats.aio.msg import Msg
+
+log = logging.getLogger("pbxbridge.bus")
 
 DEAD_LETTER_TYPE = "pbx.deadletter.v1"
 
@@ -114,21 +119,25 @@ async def conclude(bus: "Bus", ledger: Ledger, ending: Ending, *, claim: Claim |
     With ``claim``: compare-and-set on it (``ClaimLost`` if another holder took the key over:
     that holder ends it). Without: only where no live claim stands (else ``ClaimHeld``)."""
     result = ending.to_result()
+    revision = None
     if claim is not None:
         stored = await claim.finish(result=result)
+        if stored.result is result:  # ours, stored at the claim's last revision
+            revision = claim.revision
     else:
         stored = await ledger.finish(ending.ledger_key, result=result)
-    await publish_stored(bus, ledger, ending.ledger_key, stored)
+    await publish_stored(bus, ledger, ending.ledger_key, stored, revision=revision)
     return stored.result or result
 
 
-async def publish_stored(bus: "Bus", ledger: Ledger, key: str, entry: LedgerEntry) -> None:
+async def publish_stored(bus: "Bus", ledger: Ledger, key: str, entry: LedgerEntry, *, revision: int | None = None) -> None:
     """Publish a done entry's result unless it is known to be on the stream already: a command
-    re-sent after the duplicate window must not put a second result there."""
+    re-sent after the duplicate window must not put a second result there. ``revision``: the
+    one ``entry`` was stored at, when the caller knows it (saves a read)."""
     if entry.published or entry.result is None:
         return
     await republish(bus, entry.result)
-    await ledger.mark_published(key)
+    await ledger.mark_published(key, entry, revision)
 
 
 async def republish(bus: "Bus", result: Result) -> None:
@@ -219,3 +228,29 @@ def retry_delay(settings: Settings, attempt: int, retry_after: float | None = No
         return min(retry_after, settings.command_backoff_max)
     base = settings.command_backoff * 2 ** (attempt - 1)
     return min(base * random.uniform(0.8, 1.2), settings.command_backoff_max)
+
+
+@dataclass(frozen=True)
+class Disposition:
+    """What a worker's handler tells JetStream: ack, or redeliver after ``delay`` seconds."""
+
+    ack: bool
+    delay: float = 0.0
+
+
+ACK = Disposition(ack=True)
+
+
+async def settle(msg: "Msg", handling: Awaitable[Disposition], *, what: str, retry_delay: float) -> None:
+    """Ack or delay-NAK ``msg`` as its handler decided. A handler that raised met a bus failure
+    (handlers end everything else themselves): the message comes back later, nothing is lost."""
+    try:
+        disposition = await handling
+    except Exception:
+        log.exception("%s not handled; redelivering later", what)
+        await msg.nak(delay=retry_delay)
+        return
+    if disposition.ack:
+        await msg.ack()
+    else:
+        await msg.nak(delay=disposition.delay)

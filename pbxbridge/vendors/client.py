@@ -134,7 +134,7 @@ class VendorTransport(AiohttpTransport):
         return await super().handle_async_request(request)
 
 
-def aiohttp_transport(*, max_connections: int = 100, keepalive: float = 5.0) -> httpx.AsyncBaseTransport:
+def default_transport(*, max_connections: int = 100, keepalive: float = 5.0) -> httpx.AsyncBaseTransport:
     """aiohttp under httpx's API: httpx's own transport (httpcore, anyio) costs 3-4x the CPU per
     request, most of it in its connection pool's bookkeeping. The defaults are httpx's own
     connection limit and keep-alive expiry; the process's one SSL context."""
@@ -144,7 +144,7 @@ def aiohttp_transport(*, max_connections: int = 100, keepalive: float = 5.0) -> 
 
 
 class SharedTransport(httpx.AsyncBaseTransport):
-    """A client's handle on a connection pool (an ``aiohttp_transport``) that every account's
+    """A client's handle on a connection pool (a ``default_transport``) that every account's
     client in a process shares (the poller's thousands of accounts): one pool instead of one per
     client. A handle per client, not the pool itself, because tracing wraps each client's
     transport: wrapped once per client, a shared one would record a span per client on every
@@ -160,7 +160,7 @@ class SharedTransport(httpx.AsyncBaseTransport):
         """A client closing: the pool is the owner's."""
 
 
-def _never_sent_or_cut(exc: Exception) -> bool:
+def _never_sent_or_cut(exc: httpx.TimeoutException) -> bool:
     """httpx-aiohttp maps every ``aiohttp.ClientConnectionError`` (a refused connection, a server
     that closed it) to ``ConnectTimeout``; httpx's own transport calls those transport errors.
     Only a real wait that ran out is a timeout (which may mean the vendor acted)."""
@@ -199,7 +199,8 @@ class VendorClient:
         # No API call documents a redirect: one is an answer to judge (a login page is an
         # expired session), not a place to follow with our credentials.
         self._http = httpx.AsyncClient(
-            base_url=account.base_url, transport=transport, timeout=opts.timeout, follow_redirects=False
+            base_url=account.base_url, transport=transport or default_transport(), timeout=opts.timeout,
+            follow_redirects=False,
         )
         tracing.instrument_http(self._http)  # a span per request when tracing is on, secrets scrubbed
         self._limiter = AsyncLimiter(opts.rate_per_second, 1.0)
@@ -312,11 +313,14 @@ class VendorClient:
                     response = await self._receive(op, request, max_bytes or opts.max_reply_bytes)
                 kind = _error_kind(response.status_code)
                 return response
-            except (TimeoutError, httpx.TimeoutException) as exc:
+            except httpx.TimeoutException as exc:
                 if _never_sent_or_cut(exc):
                     kind = "unreachable"
                     raise VendorTransientError(
                         f"cannot reach vendor: {type(exc.__cause__).__name__}", **self._where(op)) from None
+                kind = "timeout"
+                raise VendorTimeout(f"no complete reply within {budget:.1f}s", **self._where(op)) from None
+            except TimeoutError:
                 kind = "timeout"
                 raise VendorTimeout(f"no complete reply within {budget:.1f}s", **self._where(op)) from None
             except httpx.TransportError as exc:

@@ -40,7 +40,6 @@ import contextvars
 import functools
 import logging
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -52,7 +51,7 @@ from pydantic_core import to_json
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import utcnow
 from pbxbridge.bus.ledger import Claim, ClaimHeld, ClaimLost, Done, Held, Ledger, LedgerEntry, ledger_key
-from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, publish_stored, retry_delay
+from pbxbridge.bus.outcomes import ACK, DeadLetter, Disposition, Ending, conclude, dead_letter, publish_stored, retry_delay
 from pbxbridge.commands import NEUTRAL_COMMANDS
 from pbxbridge.config import Account, Config
 from pbxbridge.metrics import SECONDS_BUCKETS
@@ -95,17 +94,6 @@ def is_bus_failure(exc: BaseException) -> bool:
     if isinstance(exc, (nats.js.errors.BadRequestError, nats.js.errors.InvalidKeyError, nats.errors.MaxPayloadError)):
         return False
     return isinstance(exc, (nats.errors.Error, TimeoutError, ConnectionError))
-
-
-@dataclass(frozen=True)
-class Disposition:
-    """What to tell JetStream: ack, or redeliver after ``delay`` seconds."""
-
-    ack: bool
-    delay: float = 0.0
-
-
-ACK = Disposition(ack=True)
 
 
 class AccountShares:
@@ -166,24 +154,27 @@ class CommandHandler:
             await self._refuse_undecodable(delivery, refusal)
             return ACK
         key = ledger_key(command.vendor, command.account, command.id)
-        entry, _ = await self.ledger.read(key)
-        if entry is not None and entry.state == "done":
-            await publish_stored(self.bus, self.ledger, key, entry)  # a redelivery of a concluded message: quiet
-            return ACK
         try:
-            step: Step | Refusal = resolve(command, self.config)
+            step: Step | Refusal = resolve(command, self.config)  # no I/O
         except Refusal as refusal:
             step = refusal
-        if isinstance(step, RecordingStep) and entry is not None and entry.state == "delegated":
-            await self._hand_over(key, command, step)
-            return ACK
         account = None if isinstance(step, Refusal) else step.account
         last_delivery = delivery.attempt >= self.settings.command_max_deliveries
         if account is not None and not self.shares.enter(account, even_if_busy=last_delivery):
+            # Busy: a delivery whose command is already done or delegated still ends now.
+            if await self._already_ended(key, command, step):
+                return ACK
             self._deferred.add(1, {"vendor": account.vendor})
             return Disposition(ack=False, delay=self.settings.command_busy_delay)
         try:
-            claim = await self._claim(key, delivery)
+            # A command never seen (the usual case) is claimed in one write, without a read;
+            # a key that exists goes the long way: done, delegated, or claimed over what is there.
+            claim: Claim | Done | None = await self.ledger.create_claim(
+                key, holder=self.settings.instance, ttl=self.settings.command_claim_ttl)
+            if claim is None:
+                if await self._already_ended(key, command, step):
+                    return ACK
+                claim = await self._claim(key, delivery)
             if isinstance(claim, Done):
                 await publish_stored(self.bus, self.ledger, key, claim.entry)
                 return ACK
@@ -202,6 +193,18 @@ class CommandHandler:
         finally:
             if account is not None:
                 self.shares.leave(account)
+
+    async def _already_ended(self, key: str, command: Command, step: Step | Refusal) -> bool:
+        """A redelivery of a concluded command (its stored result is published again, quietly),
+        or of a ``recording.fetch`` already delegated (handed over again): True once handled."""
+        entry, _ = await self.ledger.read(key)
+        if entry is not None and entry.state == "done":
+            await publish_stored(self.bus, self.ledger, key, entry)
+            return True
+        if isinstance(step, RecordingStep) and entry is not None and entry.state == "delegated":
+            await self._hand_over(key, command, step)
+            return True
+        return False
 
     async def _claim(self, key: str, delivery: Delivery) -> Claim | Done:
         """Claim the command; while someone else's claim is live, wait and look again."""

@@ -12,7 +12,7 @@ from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config
 from pbxbridge.health import Health, bus_probe, vendors_probe
 from pbxbridge.vendors import client_for
-from pbxbridge.vendors.client import SharedTransport, aiohttp_transport
+from pbxbridge.vendors.client import SharedTransport, default_transport
 from services.poller.cursor import CursorStore
 from pbxbridge.feeds import StateFeed, feeds_of, names_of
 from services.poller.coordinator import FeedCoordinator, leases_probe
@@ -34,7 +34,7 @@ async def serve(
     meters = Meters(meter)
     # One pool for every account, its idle connections kept past a poll interval (httpx's 5 s
     # expiry is shorter than a 10 s interval: every poll would reconnect).
-    pool = aiohttp_transport(max_connections=512, keepalive=60.0)
+    pool = default_transport(max_connections=512, keepalive=60.0)
     clients, feeds_run = [], []
     for account in config.accounts:
         wanted = account.options.feeds

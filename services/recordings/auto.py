@@ -37,7 +37,7 @@ from pbxbridge.events import CallEnded, EventData, VoicemailReceived
 from pbxbridge.recordings import RecordingJob
 from pbxbridge.vendors import optional_module
 from services.recordings import activities
-from services.recordings.handler import ACK, Disposition
+from pbxbridge.bus.outcomes import ACK, Disposition
 
 log = logging.getLogger("pbxbridge.recordings")
 

@@ -51,7 +51,7 @@ from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.envelope import CloudEvent, EnvelopeError, utcnow
 from pbxbridge.bus.ledger import Claim, ClaimLost, Done, Held, Ledger
-from pbxbridge.bus.outcomes import DeadLetter, Ending, conclude, dead_letter, publish_stored, retry_delay
+from pbxbridge.bus.outcomes import ACK, DeadLetter, Disposition, Ending, conclude, dead_letter, publish_stored, retry_delay
 from pbxbridge.commands import RecordingFetch
 from pbxbridge.config import Config, RecordingArchive
 from pbxbridge.metrics import SECONDS_BUCKETS, vendor_label
@@ -72,15 +72,6 @@ class JobDelivery:
     attempt: int
     published_at: datetime
     keep_alive: Callable[[], Awaitable[object]]  # tells JetStream the delivery is still being worked on
-
-
-@dataclass(frozen=True)
-class Disposition:
-    ack: bool
-    delay: float = 0.0
-
-
-ACK = Disposition(ack=True)
 
 
 def object_name(vendor: str, account: str, call_id: str, extension: str) -> str:

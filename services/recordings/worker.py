@@ -19,6 +19,7 @@ from pbxbridge.bus.consumers import RECORDINGS as CONSUMER
 from pbxbridge.bus.consumers import recordings_consumers, recordings_jobs_consumer, recordings_trigger_consumer
 from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
+from pbxbridge.bus.outcomes import settle
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config, Settings
 from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
@@ -65,16 +66,7 @@ def build_broker(bus: Bus, handler: RecordingHandler, auto: AutoArchive | None, 
             subject=raw.subject, headers=dict(raw.headers or {}), body=raw.data,
             attempt=raw.metadata.num_delivered, published_at=raw.metadata.timestamp, keep_alive=raw.in_progress,
         )
-        try:
-            disposition = await handler.handle(delivery)
-        except Exception:
-            log.exception("recording job on %s not handled; redelivering later", raw.subject)
-            await raw.nak(delay=settings.command_backoff)
-            return
-        if disposition.ack:
-            await raw.ack()
-        else:
-            await raw.nak(delay=disposition.delay)
+        await settle(raw, handler.handle(delivery), what=f"recording job on {raw.subject}", retry_delay=settings.command_backoff)
 
     if auto is not None:
         for event in TRIGGERS:
@@ -93,16 +85,8 @@ def subscribe_triggers(broker: NatsBroker, bus: Bus, auto: AutoArchive, consumer
     )
     async def on_event(msg: NatsMessage) -> None:
         raw = msg.raw_message
-        try:
-            disposition = await auto.handle(EventDelivery(raw.subject, dict(raw.headers or {}), raw.data))
-        except Exception:
-            log.exception("event on %s not turned into a recording job; redelivering later", raw.subject)
-            await raw.nak(delay=settings.command_backoff)
-            return
-        if disposition.ack:
-            await raw.ack()
-        else:
-            await raw.nak(delay=disposition.delay)
+        await settle(raw, auto.handle(EventDelivery(raw.subject, dict(raw.headers or {}), raw.data)),
+                     what=f"event on {raw.subject} (for a recording job)", retry_delay=settings.command_backoff)
 
 
 async def open_archives(config: Config, bus: Bus, stack: contextlib.AsyncExitStack) -> dict[str, Archive]:

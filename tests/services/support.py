@@ -24,8 +24,10 @@ from pbxbridge.vendors.operation import Operation
 from pbxbridge.vendors.yemot import Simulator as YemotSimulator
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
+async def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", *, every: float = 0.05,
+) -> Any:
+    """Poll ``predicate`` (sync or async) every ``every`` seconds until truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -35,7 +37,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: st
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(every)
 
 
 class CountingYemot(YemotSimulator):

@@ -55,8 +55,8 @@ async def fuzz_rig(settings: Settings, bus: Bus) -> AsyncIterator[tuple[Rig, Out
 counter = iter(range(10**9))
 
 
-# 3,000 messages, then a commander whose shutdown drains what the fuzz left in flight: more than
-# the suite's default per-test limit on a loaded machine.
+# 3,000 messages take about a minute on a quiet machine, several on a loaded one: more than the
+# suite's default per-test limit.
 @pytest.mark.timeout(400)
 @hypothesis_settings(
     # No shrinking: a failure lists the unanswered messages; re-running batches would take minutes.

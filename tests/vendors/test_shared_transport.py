@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pbxbridge.bus.embedded import free_port
-from pbxbridge.vendors.client import SharedTransport, aiohttp_transport
+from pbxbridge.vendors.client import SharedTransport, default_transport
 from pbxbridge.vendors.errors import VendorTimeout, VendorTransientError
 from pbxbridge.vendors.swan import Client, Simulator
 
@@ -15,7 +15,7 @@ PROBE, PARAMS = "getUserStatus", {"extension": "200"}
 
 
 async def test_a_client_closing_leaves_the_shared_pool_to_the_others() -> None:
-    pool = aiohttp_transport()
+    pool = default_transport()
     try:
         async with Simulator(activity=False) as sim:
             first, second = (Client(sim.account(), transport=SharedTransport(pool)) for _ in range(2))
@@ -30,7 +30,7 @@ async def test_a_client_closing_leaves_the_shared_pool_to_the_others() -> None:
 
 async def test_a_refused_connection_is_unreachable_not_a_timeout() -> None:
     """A timeout may mean the vendor acted; a refused connection means it never heard us."""
-    pool = aiohttp_transport()
+    pool = default_transport()
     try:
         async with Simulator(activity=False) as sim:
             account = sim.account().model_copy(update={"base_url": f"http://127.0.0.1:{free_port()}"})
@@ -43,7 +43,7 @@ async def test_a_refused_connection_is_unreachable_not_a_timeout() -> None:
 
 
 async def test_a_reply_too_slow_is_a_timeout() -> None:
-    pool = aiohttp_transport()
+    pool = default_transport()
     try:
         async with Simulator(activity=False) as sim:
             sim.faults.trickle_rate, sim.faults.trickle_interval = 1.0, 0.1

@@ -1,0 +1,274 @@
+"""The commander's throughput and overhead, each part in its own process.
+
+    python bench/bench_commander_throughput.py [--commands 4000] [--serial 300] [--rounds 3] [--in-flight 64]
+
+Processes: an embedded nats-server, a Yemot simulator (``--sim`` mode of this file), a
+commander (``--commander`` mode: ``services.commander.worker.serve``), and this one, the sender.
+Per round the sender:
+
+- calls the simulator directly, one at a time, with the same vendor client the commander uses
+  (``client_for(account)``, ``op.GetQueueRealTime``): the baseline latency;
+- sends commands one at a time and times each from publish to its result (a core subscription on
+  the results subject): overhead = command latency - direct latency, at p50 and p99;
+- sends ``--commands`` commands with ``--in-flight`` outstanding: commands/s;
+- calls the simulator directly with as many in flight: the simulator's own ceiling.
+
+The commander counts its ledger KV operations (get/create/update/put/delete on the ledger
+bucket) and reports its process CPU time over a NATS request (``<prefix>.bench.stats``):
+KV ops and CPU ms per command are the deltas over the concurrent phase. ``BENCH_PROFILE=<file>``
+writes a cProfile of the commander process there.
+
+On a shared machine, compare builds in the same run (one checkout each, rounds interleaved):
+the commander's CPU per command is the figure that decides commands/s per process
+(2,000/s needs at most 0.5 ms of CPU per command on one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, too
+
+COMMAND = "op.GetQueueRealTime"
+PARAMS = {"queuePath": "ivr2:/5"}
+ACCOUNT = "acme"
+
+
+def _account(sim_url: str, concurrency: int):
+    from pbxbridge.vendors.yemot import Simulator
+
+    sim = Simulator(activity=False)
+    sim.url = sim_url
+    return sim.account(ACCOUNT, rate_per_second=1_000_000, max_concurrency=concurrency)
+
+
+def _settings(nats_url: str, prefix: str, data_dir: str, concurrency: int):
+    from pbxbridge.config import Settings
+
+    # The process's bound is twice the in-flight window: one account gets half of it (its share).
+    return Settings(_env_file=None, nats_url=nats_url, prefix=prefix, data_dir=Path(data_dir),
+                    command_concurrency=2 * concurrency)
+
+
+# ---- the simulator process -----------------------------------------------------------
+
+async def run_simulator() -> None:
+    from pbxbridge.vendors.yemot import Simulator
+
+    sim = Simulator(activity=False)
+    sim.requests = _Nothing()  # a list of every request grows without bound in a long benchmark
+    url = await sim.start()
+    print(url, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
+    await sim.stop()
+
+
+class _Nothing(list):
+    def append(self, item) -> None:  # noqa: ANN001
+        pass
+
+
+# ---- the commander process -----------------------------------------------------------
+
+async def run_commander(nats_url: str, sim_url: str, prefix: str, data_dir: str, concurrency: int) -> None:
+    import nats.js.kv
+
+    from pbxbridge import telemetry
+    from pbxbridge.bus import open_bus
+    from pbxbridge.config import Config
+    from services.commander.worker import serve
+
+    logging.basicConfig(level=logging.WARNING)
+    telemetry.setup("commander")
+    ops: Counter[str] = Counter()
+    for name in ("get", "create", "update", "put", "delete", "purge"):
+        original = getattr(nats.js.kv.KeyValue, name)
+
+        def counted(self, *args, __name=name, __original=original, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            if self._name.endswith("_ledger"):
+                ops[__name] += 1
+            return __original(self, *args, **kwargs)
+
+        setattr(nats.js.kv.KeyValue, name, counted)
+
+    settings = _settings(nats_url, prefix, data_dir, concurrency)
+    config = Config(settings=settings, accounts=[_account(sim_url, concurrency)])
+    stop = asyncio.Event()
+    async with open_bus(settings, name="bench-commander") as bus:
+        async def stats(msg) -> None:  # noqa: ANN001
+            await msg.respond(json.dumps({"kv": dict(ops), "cpu": time.process_time()}).encode())
+
+        await bus.nc.subscribe(f"{prefix}.bench.stats", cb=stats)
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)))
+        await serve(config, bus, stop)
+
+
+# ---- the sender ----------------------------------------------------------------------
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+class Sender:
+    def __init__(self, bus) -> None:  # noqa: ANN001
+        from pbxbridge.sdk import command_event
+
+        self.bus, self.command_event = bus, command_event
+        self.subject = bus.subjects.command("yemot", ACCOUNT, COMMAND)
+        self.waiting: dict[str, asyncio.Future] = {}
+
+    async def start(self) -> None:
+        async def on_result(msg) -> None:  # noqa: ANN001
+            future = self.waiting.pop((msg.headers or {}).get("ce-commandid", ""), None)
+            if future is not None and not future.done():
+                future.set_result(time.perf_counter())
+
+        await self.bus.nc.subscribe(self.bus.subjects.result("yemot", ACCOUNT, COMMAND), cb=on_result)
+
+    async def one(self) -> float:
+        """Publish one command and wait for its result: seconds from publish to result."""
+        event = self.command_event("yemot", COMMAND, PARAMS)
+        headers, body = event.to_nats()
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[event.id] = future
+        sent = time.perf_counter()
+        await self.bus.js.publish(self.subject, body, headers=headers)
+        return await asyncio.wait_for(future, 60) - sent
+
+    async def many(self, n: int, in_flight: int) -> tuple[float, list[float]]:
+        todo = iter(range(n))
+        latencies: list[float] = []
+
+        async def lane() -> None:
+            for _ in todo:
+                latencies.append(await self.one())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(in_flight)))
+        return time.perf_counter() - started, latencies
+
+
+async def direct(client, n: int, in_flight: int) -> tuple[float, list[float]]:  # noqa: ANN001
+    todo = iter(range(n))
+    latencies: list[float] = []
+
+    async def lane() -> None:
+        for _ in todo:
+            t = time.perf_counter()
+            await client.call(COMMAND[3:], PARAMS)
+            latencies.append(time.perf_counter() - t)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(in_flight)))
+    return time.perf_counter() - started, latencies
+
+
+async def stats(bus, prefix: str) -> dict:  # noqa: ANN001
+    reply = await bus.nc.request(f"{prefix}.bench.stats", b"", timeout=10)
+    return json.loads(reply.data)
+
+
+async def main(args: argparse.Namespace) -> None:
+    from pbxbridge.bus import open_bus
+    from pbxbridge.bus.embedded import EmbeddedNats
+    from pbxbridge.vendors import client_for
+
+    logging.basicConfig(level=logging.WARNING)
+    me = [sys.executable, str(Path(__file__).resolve())]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedNats(Path(tmp) / "nats")
+        nats_url = await server.start()
+        sim = subprocess.Popen([*me, "--sim"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        sim_url = sim.stdout.readline().strip()
+        prefix = "b" + uuid.uuid4().hex[:8]
+        commander = subprocess.Popen(
+            [*me, "--commander", nats_url, sim_url, prefix, tmp, str(args.in_flight)], stdin=subprocess.PIPE, env=env,
+        )
+        try:
+            settings = _settings(nats_url, prefix, tmp, args.in_flight)
+            async with open_bus(settings, name="bench-sender") as bus, client_for(_account(sim_url, args.in_flight)) as client:
+                sender = Sender(bus)
+                await sender.start()
+                for _ in range(100):  # until the commander is up
+                    try:
+                        await stats(bus, prefix)
+                        break
+                    except Exception:
+                        await asyncio.sleep(0.2)
+                await sender.many(300, args.in_flight)  # warm-up: connections, imports, caches
+                await direct(client, 300, args.in_flight)
+                rows = []
+                for r in range(args.rounds):
+                    _, base = direct_serial = await direct(client, args.serial, 1)
+                    _, serial = await sender.many(args.serial, 1)
+                    before = await stats(bus, prefix)
+                    wall, _ = await sender.many(args.commands, args.in_flight)
+                    after = await stats(bus, prefix)
+                    dwall, _ = await direct(client, args.commands, args.in_flight)
+                    kv = Counter(after["kv"])
+                    kv.subtract(before["kv"])
+                    row = {
+                        "cmd_per_s": args.commands / wall,
+                        "direct_per_s": args.commands / dwall,
+                        "direct_p50_ms": pct(base, 50) * 1e3, "direct_p99_ms": pct(base, 99) * 1e3,
+                        "cmd_p50_ms": pct(serial, 50) * 1e3, "cmd_p99_ms": pct(serial, 99) * 1e3,
+                        "overhead_p50_ms": (pct(serial, 50) - pct(base, 50)) * 1e3,
+                        "overhead_p99_ms": (pct(serial, 99) - pct(base, 99)) * 1e3,
+                        "kv_ops_per_cmd": sum(kv.values()) / args.commands,
+                        "kv": {k: round(v / args.commands, 2) for k, v in kv.items() if v},
+                        "cpu_ms_per_cmd": (after["cpu"] - before["cpu"]) / args.commands * 1e3,
+                    }
+                    del direct_serial
+                    rows.append(row)
+                    print(f"round {r + 1}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                                           for k, v in row.items()}), flush=True)
+        finally:
+            for proc in (commander, sim):
+                proc.stdin.close()
+            for proc in (commander, sim):
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            await server.stop()
+    med = {k: statistics.median(row[k] for row in rows) for k in rows[0] if k != "kv"}
+    print("median: " + json.dumps({k: round(v, 3) for k, v in med.items()}))
+    print(f"SUMMARY commands/s={med['cmd_per_s']:.0f} (direct client {med['direct_per_s']:.0f}/s) "
+          f"overhead p50={med['overhead_p50_ms']:.2f} ms p99={med['overhead_p99_ms']:.2f} ms "
+          f"kv_ops/cmd={med['kv_ops_per_cmd']:.2f} {rows[-1]['kv']} cpu/cmd={med['cpu_ms_per_cmd']:.3f} ms")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--sim"]:
+        asyncio.run(run_simulator())
+    elif sys.argv[1:2] == ["--commander"]:
+        if os.environ.get("BENCH_PROFILE"):  # cProfile the commander process into this file
+            import cProfile
+
+            with cProfile.Profile() as profile:
+                asyncio.run(run_commander(*sys.argv[2:6], int(sys.argv[6])))
+            profile.dump_stats(os.environ["BENCH_PROFILE"])
+        else:
+            asyncio.run(run_commander(*sys.argv[2:6], int(sys.argv[6])))
+    else:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--commands", type=int, default=4000)
+        parser.add_argument("--serial", type=int, default=300)
+        parser.add_argument("--rounds", type=int, default=3)
+        parser.add_argument("--in-flight", type=int, default=64)
+        asyncio.run(main(parser.parse_args()))
