@@ -218,9 +218,10 @@ async def test_a_polls_events_carry_the_polls_trace(
     settings: Settings, bus: Bus, traced: TracerProvider, receiver: OtlpReceiver,
 ) -> None:
     """Every event a poll publishes carries that poll's span as its parent; the poll's Yemot
-    request is a child of the same span."""
+    request is a child of the same span, and its only span though the accounts share a transport."""
     async with YemotSimulator(activity=False) as sim:
-        config = Config(settings=settings, accounts=[sim.account("acme", poll_interval=0.2, phone_region="IL", feeds=["sms"])])
+        accounts = [sim.account(a, poll_interval=0.2, phone_region="IL", feeds=["sms"]) for a in ("acme", "beta")]
+        config = Config(settings=settings, accounts=accounts)
         async with running_poller(config, bus):
             events = await wait_for(lambda: _at_least(bus, sms_subject(bus), 3), what="the seeded SMS as events")
     parents = {traceparent_of(e.headers) for e in events}

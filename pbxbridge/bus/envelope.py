@@ -10,6 +10,7 @@ built, so a consumer's trace continues the sender's (``pbxbridge.tracing``).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +32,28 @@ class EnvelopeError(ValueError):
 def deterministic_id(*natural_key: object) -> str:
     """The same record always gets the same id: vendor, account, feed, the record's key."""
     return str(uuid.uuid5(_NAMESPACE, "\x1f".join(str(p) for p in natural_key)))
+
+
+class IdMaker:
+    """``deterministic_id(*prefix, key)`` for many keys under one prefix (a feed's records): the
+    prefix is hashed once, each id costs a hash copy and a format (~10x cheaper than uuid5)."""
+
+    def __init__(self, *prefix: object) -> None:
+        self._base = hashlib.sha1(_NAMESPACE.bytes + "".join(f"{p}\x1f" for p in prefix).encode())
+
+    def __call__(self, key: object) -> str:
+        h = self._base.copy()
+        h.update(str(key).encode())
+        b = bytearray(h.digest()[:16])
+        b[6] = (b[6] & 0x0F) | 0x50  # version 5
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        x = b.hex()
+        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def format_time(when: datetime) -> str:
+    """``ce-time``: RFC 3339 in UTC with a ``Z``."""
+    return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def schema_uri(ce_type: str) -> str:
@@ -60,7 +83,7 @@ class CloudEvent:
             "ce-id": self.id,
             "ce-source": self.source,
             "ce-type": self.type,
-            "ce-time": self.time.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "ce-time": format_time(self.time),
             "ce-datacontenttype": self.datacontenttype,
             "Nats-Msg-Id": self.id,
         }
@@ -76,6 +99,10 @@ class CloudEvent:
         # poll span); writes nothing, at the cost of two look-ups, when no span is current.
         inject(h)
         return h
+
+    def template(self) -> "HeaderTemplate":
+        """Headers for many events like this one that differ only in id and time."""
+        return HeaderTemplate(self.headers())
 
     def body(self) -> bytes:
         return to_json(self.data)
@@ -113,3 +140,21 @@ class CloudEvent:
             datacontenttype=headers.get("ce-datacontenttype", "application/json"),
             extensions={k[3:]: v for k, v in headers.items() if k.startswith("ce-") and k not in known},
         )
+
+
+class HeaderTemplate:
+    """A batch of events of one type from one source (a poll's events) share every header but
+    ``ce-id``, ``ce-time`` and ``Nats-Msg-Id``: the headers are built once by
+    ``CloudEvent.headers`` (so whatever it adds goes into every event) and copied per event."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: dict[str, str]) -> None:
+        self.base = base
+
+    def __call__(self, id: str, time: str) -> dict[str, str]:
+        """``time`` as ``format_time`` gives it."""
+        h = self.base.copy()
+        h["ce-id"] = h["Nats-Msg-Id"] = id
+        h["ce-time"] = time
+        return h

@@ -135,11 +135,30 @@ class VendorTransport(AiohttpTransport):
         return await super().handle_async_request(request)
 
 
-def default_transport() -> httpx.AsyncBaseTransport:
+def default_transport(*, max_connections: int = 100, keepalive: float = 5.0) -> httpx.AsyncBaseTransport:
     """aiohttp under httpx's API: httpx's own transport (httpcore, anyio) costs 3-4x the CPU per
-    request, most of it in its connection pool's bookkeeping. Same connection limits and keep-alive
-    expiry as httpx's defaults; the process's one SSL context."""
-    return VendorTransport(verify=shared_ssl_context(), limits=httpx.Limits(max_connections=100, keepalive_expiry=5.0))
+    request, most of it in its connection pool's bookkeeping. The defaults are httpx's own
+    connection limit and keep-alive expiry; the process's one SSL context."""
+    return VendorTransport(
+        verify=shared_ssl_context(), limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=keepalive),
+    )
+
+
+class SharedTransport(httpx.AsyncBaseTransport):
+    """A client's handle on a connection pool (a ``default_transport``) that every account's
+    client in a process shares (the poller's thousands of accounts): one pool instead of one per
+    client. A handle per client, not the pool itself, because tracing wraps each client's
+    transport: wrapped once per client, a shared one would record a span per client on every
+    request. Closing a client leaves the pool open; its owner closes it."""
+
+    def __init__(self, pool: httpx.AsyncBaseTransport) -> None:
+        self._pool = pool
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """A client closing: the pool is the owner's."""
 
 
 def _never_sent_or_cut(exc: httpx.TimeoutException) -> bool:

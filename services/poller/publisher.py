@@ -46,6 +46,128 @@ class PublishInterrupted(Exception):
         self.cause = cause
 
 
+class OrderedPublisher:
+    """``publish_in_order`` in pieces: ``send`` a batch as soon as it is built (waiting only
+    while ``window`` messages are in flight), ``send`` the next one, ``finish`` when there is
+    no more. The caller builds the next batch while the previous one's acks arrive, so
+    building and publishing overlap instead of following each other.
+
+    ``on_acked(n, seq)`` is told the acknowledged prefix every ``checkpoint_every`` messages
+    and at ``finish``; the first missing ack raises ``PublishInterrupted`` (counts include
+    ``start``, the messages acknowledged before this publisher).
+
+    With ``connection`` (the client behind ``js``), an ack still missing once that client has
+    reconnected (its node died) interrupts at once: it went out on the dead connection and
+    cannot come back, so waiting ``ack_timeout`` for it only stalls the feed."""
+
+    def __init__(
+        self, js: JetStreamContext, *, start: int = 0, window: int = 1000, ack_timeout: float = 5.0,
+        checkpoint_every: int = 2000, on_acked: Callable[[int, int], Awaitable[None]],
+        connection: NatsClient | None = None,
+    ) -> None:
+        self.js, self.window, self.ack_timeout, self.connection = js, window, ack_timeout, connection
+        self.checkpoint_every, self.on_acked = checkpoint_every, on_acked
+        self.pending: deque[asyncio.Future] = deque()
+        self.sent_on: deque[int] = deque()  # the connection each pending message went out on
+        self.acked = self.reported = start
+        self.duplicates = self.last_seq = 0
+
+    def _interrupted(self, cause: BaseException) -> PublishInterrupted:
+        return PublishInterrupted(self.acked, self.last_seq, cause)
+
+    def _connection_number(self) -> int:
+        """Counts the client's connections; a message published while it reconnects goes out on the next one."""
+        if self.connection is None:
+            return 0
+        return self.connection.stats["reconnects"] + self.connection.is_reconnecting
+
+    def _settle_oldest(self) -> None:
+        self.sent_on.popleft()
+        try:
+            ack = self.pending.popleft().result()  # raises the server's error, if any
+        except asyncio.CancelledError:
+            # Cancelled under us (the connection closed), or by wait_for's timeout: not an ack.
+            raise self._interrupted(ConnectionError("publish abandoned before its ack")) from None
+        except Exception as exc:
+            raise self._interrupted(exc) from exc
+        self.acked += 1
+        if ack.duplicate:
+            self.duplicates += 1
+        if ack.seq > self.last_seq:
+            self.last_seq = ack.seq  # a duplicate's ack names the original's sequence
+
+    async def _wait_oldest(self) -> None:
+        future = self.pending[0]
+        if not future.done():
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + self.ack_timeout
+            while True:
+                left = give_up - loop.time()
+                try:
+                    await asyncio.wait_for(asyncio.shield(future), min(left, ACK_LOOK_EVERY))
+                    break
+                except asyncio.TimeoutError:
+                    if self._connection_number() > self.sent_on[0]:
+                        raise self._interrupted(
+                            ConnectionError("the connection it went out on was replaced before its ack")) from None
+                    if left <= ACK_LOOK_EVERY:
+                        raise self._interrupted(TimeoutError(f"no ack within {self.ack_timeout}s")) from None
+                except Exception:
+                    break  # _settle_oldest() reports the future's own error
+        self._settle_oldest()
+
+    async def _drain(self) -> None:
+        """Settle every leading future that is done (no awaiting), checkpoint when due."""
+        pending = self.pending
+        while pending and pending[0].done():
+            self._settle_oldest()
+        if self.acked - self.reported >= self.checkpoint_every:
+            self.reported = self.acked
+            await self.on_acked(self.acked, self.last_seq)  # its own errors are the caller's
+
+    async def send(self, messages: Sequence[Outgoing]) -> None:
+        pending, sent_on, window, publish = self.pending, self.sent_on, self.window, self.js.publish_async
+        try:
+            for i, m in enumerate(messages):
+                if len(pending) >= window:
+                    await self._wait_oldest()
+                # Draining costs a look at the oldest future; every 256th message at least, so
+                # checkpoints stay due even while acks keep pace.
+                if pending and pending[0].done() or not i & 255:
+                    await self._drain()
+                try:
+                    number = self._connection_number()
+                    pending.append(await publish(m.subject, m.body, headers=m.headers))
+                    sent_on.append(number)
+                except (asyncio.CancelledError, PublishInterrupted):
+                    raise
+                except Exception as exc:
+                    raise self._interrupted(exc) from exc
+        except BaseException:
+            self.abandon()
+            raise
+
+    async def finish(self) -> int:
+        """Wait for every ack; returns how many were duplicates JetStream already had."""
+        try:
+            while self.pending:
+                await self._wait_oldest()
+                await self._drain()
+        except BaseException:
+            self.abandon()
+            raise
+        if self.acked > self.reported:
+            self.reported = self.acked
+            await self.on_acked(self.acked, self.last_seq)
+        return self.duplicates
+
+    def abandon(self) -> None:
+        for future in self.pending:
+            future.cancel()  # frees nats-py's in-flight slot; the message may still be stored
+        self.pending.clear()
+        self.sent_on.clear()
+
+
 async def publish_in_order(
     js: JetStreamContext,
     messages: Sequence[Outgoing],
@@ -61,89 +183,14 @@ async def publish_in_order(
 
     Every message carries its ``Nats-Msg-Id``, so publishing again from ``e.acked`` after an
     interruption stores nothing twice even when an ack, not the message, was lost.
-    Returns how many of them JetStream already had (acked as duplicates).
-
-    With ``connection`` (the client behind ``js``), an ack still missing once that client has
-    reconnected (its node died) interrupts at once: it went out on the dead connection and
-    cannot come back, so waiting ``ack_timeout`` for it only stalls the feed."""
-    pending: deque[asyncio.Future] = deque()
-    sent_on: deque[int] = deque()  # the connection each pending message went out on
-    acked = reported = start
-    duplicates = last_seq = 0
-
-    def interrupted(cause: BaseException) -> PublishInterrupted:
-        return PublishInterrupted(acked, last_seq, cause)
-
-    def settle(future: asyncio.Future) -> None:
-        nonlocal acked, duplicates, last_seq
-        try:
-            ack = future.result()  # raises the server's error, if any
-        except asyncio.CancelledError:
-            # Cancelled under us (the connection closed), or by wait_for's timeout: not an ack.
-            raise interrupted(ConnectionError("publish abandoned before its ack")) from None
-        except Exception as exc:
-            raise interrupted(exc) from exc
-        acked += 1
-        duplicates += ack.duplicate or 0
-        last_seq = max(last_seq, ack.seq)  # a duplicate's ack names the original's sequence
-
-    def connection_number() -> int:
-        """Counts the client's connections; a message published while it reconnects goes out on the next one."""
-        if connection is None:
-            return 0
-        return connection.stats["reconnects"] + connection.is_reconnecting
-
-    async def wait_oldest() -> None:
-        future = pending[0]
-        give_up = asyncio.get_running_loop().time() + ack_timeout
-        while True:
-            left = give_up - asyncio.get_running_loop().time()
-            try:
-                await asyncio.wait_for(asyncio.shield(future), min(left, ACK_LOOK_EVERY))
-                break
-            except asyncio.TimeoutError:
-                if connection_number() > sent_on[0]:
-                    raise interrupted(ConnectionError("the connection it went out on was replaced before its ack")) from None
-                if left <= ACK_LOOK_EVERY:
-                    raise interrupted(TimeoutError(f"no ack within {ack_timeout}s")) from None
-            except Exception:
-                break  # settle() reports the future's own error
-        sent_on.popleft()
-        settle(pending.popleft())
-
-    async def drain() -> None:
-        """Settle every leading future that is done (no awaiting), checkpoint when due."""
-        nonlocal reported
-        while pending and pending[0].done():
-            sent_on.popleft()
-            settle(pending.popleft())
-        if acked - reported >= checkpoint_every:
-            reported = acked
-            await on_acked(acked, last_seq)  # its own errors are the caller's, not a publish failure
-
-    try:
-        for i in range(start, len(messages)):
-            if len(pending) >= window:
-                await wait_oldest()
-            await drain()
-            m = messages[i]
-            try:
-                number = connection_number()
-                pending.append(await js.publish_async(m.subject, m.body, headers=m.headers))
-                sent_on.append(number)
-            except (asyncio.CancelledError, PublishInterrupted):
-                raise
-            except Exception as exc:
-                raise interrupted(exc) from exc
-        while pending:
-            await wait_oldest()
-            await drain()
-    finally:
-        for future in pending:
-            future.cancel()  # frees nats-py's in-flight slot; the message may still be stored
-    if acked > reported:
-        await on_acked(acked, last_seq)
-    return duplicates
+    Returns how many of them JetStream already had (acked as duplicates); ``connection`` as
+    for ``OrderedPublisher``."""
+    publisher = OrderedPublisher(
+        js, start=start, window=window, ack_timeout=ack_timeout, checkpoint_every=checkpoint_every,
+        on_acked=on_acked, connection=connection,
+    )
+    await publisher.send(messages[start:] if start else messages)
+    return await publisher.finish()
 
 
 class Stored(NamedTuple):

@@ -1,6 +1,6 @@
 """One feed of one account: poll on a deadline schedule, publish new records in order,
-advance the cursor over acknowledged events only, report health; and the supervisor that
-runs it only while this replica holds the feed's lease.
+advance the cursor over acknowledged events only, report health. ``coordinator.py`` runs it
+only while this replica holds the feed's lease.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from pydantic import ValidationError
 
 from pbxbridge import tracing
 from pbxbridge.bus import Bus
-from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri
+from pbxbridge.bus.envelope import CloudEvent, IdMaker, format_time, schema_uri
 from pbxbridge.bus.outcomes import DeadLetter, dead_letter
 from pbxbridge.config import Account
 from pbxbridge.events import FeedHealth
-from pbxbridge.health import Probe, Status
 from pbxbridge.metrics import SECONDS_BUCKETS, feed_lag
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import (
@@ -42,8 +41,7 @@ from pbxbridge.vendors.errors import (
 from services.poller.cursor import Cursor, CursorStore, LostOwnership, digest
 from pbxbridge.feeds import AnyFeed, Feed, FetchWindow, interval_of
 from services.poller.folds import FoldSettler
-from services.poller.lease import Lease
-from services.poller.publisher import Outgoing, PublishInterrupted, publish_in_order, stored_after
+from services.poller.publisher import OrderedPublisher, Outgoing, PublishInterrupted, publish_in_order, stored_after
 
 log = logging.getLogger("pbxbridge.poller")
 
@@ -74,6 +72,7 @@ class Tuning:
     """Knobs tests and benchmarks turn; defaults suit production."""
 
     window: int = 1000  # publish_async messages in flight
+    build_chunk: int = 1000  # events built before they are handed to the publisher
     ack_timeout: float = 5.0
     checkpoint_every: int = 2000  # cursor writes during a long batch
     jitter: float = 0.1  # fraction of the interval added at random to each deadline...
@@ -190,6 +189,7 @@ class Poller:
         self.reported = OK
         self.pin = HeapPinning()
         self.newest_seen = 0.0  # epoch seconds of the newest record seen: the feed lag gauge's source
+        self.first_delay = 0.0  # seconds before the first poll of the next run (set by the coordinator)
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -200,11 +200,12 @@ class Poller:
 
     async def publish_acked(
         self, messages: list[Outgoing], stop: asyncio.Event, on_acked: Callable[[int, int], Awaitable[None]],
+        *, start: int = 0,
     ) -> bool:
         """Publish until every message is acked (True) or ``stop`` (False). ``on_acked(n, seq)``
         is told each acknowledged prefix, the last of it at stream sequence ``seq``; a run the
         bus interrupted resumes after that prefix (``Nats-Msg-Id`` drops what was stored anyway)."""
-        committed = 0
+        committed = start
 
         async def checkpoint(acked: int, seq: int) -> None:
             nonlocal committed
@@ -293,8 +294,11 @@ class Poller:
 
     async def _run(self, stop: asyncio.Event) -> None:
         """Poll by deadline (start + k * interval, plus jitter), never sleep-after-poll."""
-        interval = interval_of(self.feed, self.account)
+        interval = self.interval
         duration_attrs = {"vendor": self.account.vendor, "feed": self.feed.name}
+        delay, self.first_delay = self.first_delay, 0.0
+        if delay > 0 and await wait_or_stop(stop, delay):
+            return
         await self.start()
         deadline = time.monotonic()
         while not stop.is_set():
@@ -317,6 +321,10 @@ class Poller:
     @property
     def label(self) -> str:
         return f"{self.account.vendor}/{self.account.id}/{self.feed.name}"
+
+    @property
+    def interval(self) -> float:
+        return interval_of(self.feed, self.account)
 
 
 class FeedPoller(Poller):
@@ -383,24 +391,34 @@ class FeedPoller(Poller):
         started = time.perf_counter()
         try:
             page = await self.fetch_new()
-            fetched = time.perf_counter()
-            messages, stamps = await self.build(page)
         except (VendorError, ValidationError, ValueError, KeyError, TypeError) as exc:
             await self.failed(exc)
             return getattr(exc, "retry_after", None) if isinstance(exc, VendorRateLimited) else None
-        built = time.perf_counter()
+        fetched = time.perf_counter()
+        messages, stamps, building = await self.publish_page(page, stop)
+        # Dead letters after publishing: a refused record is refused again at the next poll until
+        # it is dead-lettered (the cursor remembers the ones that were), whatever happens here.
         refused = await self.set_aside(page)
         if refused:
             await self.report("malformed_reply", refused)
         elif self.reported != OK:
             await self.report(OK, None)
-        await self.publish(messages, stamps, stop)
         if messages:
             log.debug("%s: fetch %.3fs, build %.3fs, publish %.3fs", self.label,
-                      fetched - started, built - fetched, time.perf_counter() - built)
+                      fetched - started, building, time.perf_counter() - fetched - building)
         for done in (messages, stamps, page.records):
             await discard(done)
         return None
+
+    def first_limit(self) -> int:
+        """The first page's limit. A feed that never published (a fresh cursor) wants every
+        record of its backfill window: it asks for ``max_page`` at once (the reply is what
+        exists) rather than a ``page_size`` page first, fetched and parsed only to learn that
+        more is needed. Otherwise ``page_size``, which a poll every few seconds rarely fills."""
+        cursor = self.cursor
+        if cursor is not None and cursor.ts is None and not cursor.seen:
+            return max(self.feed.page_size, self.feed.max_page)
+        return self.feed.page_size
 
     async def fetch_since(self, floor: float) -> tuple[Page, list[Stamped], bool]:
         """Every record from ``floor`` (epoch seconds) on, as the vendor lists it now: (the page,
@@ -409,7 +427,7 @@ class FeedPoller(Poller):
         records only: ``truncated`` is set, with a warning."""
         feed = self.feed
         since = datetime.fromtimestamp(floor, timezone.utc)
-        limit = feed.page_size
+        limit = self.first_limit()
         self.truncated = False
         while True:
             rows = await feed.fetch(self.client, FetchWindow(since, limit))
@@ -470,29 +488,31 @@ class FeedPoller(Poller):
             page.records.append((settle(when), key, record, raw))
         return page
 
-    async def build(self, page: Page) -> tuple[list[Outgoing], list[tuple[float, str]]]:
-        feed, account = self.feed, self.account
-        ce_type, schema = feed.event.ce_type(), schema_uri(feed.event.ce_type())
+    async def build(self, page: Page, start: int = 0, end: int | None = None) -> tuple[list[Outgoing], list[tuple[float, str]]]:
+        """Events of the page's records (``start`` to ``end``); refused ones go to ``page.refused``. Each event's data is validated against its model and
+        serialised straight from the model (no dict dump in between); the CloudEvents headers
+        are built once per batch by ``CloudEvent.headers`` and copied per event with its id
+        and time; ids come from a prefix hashed once (``IdMaker``)."""
+        feed, account, subject = self.feed, self.account, self.subject
+        ce_type = feed.event.ce_type()
+        validate = feed.event.__pydantic_validator__.validate_python
+        to_json = feed.event.__pydantic_serializer__.to_json
+        event_id = IdMaker(account.vendor, account.id, feed.name)
+        headers_of = CloudEvent(type=ce_type, source=self.source, data=None, dataschema=schema_uri(ce_type)).template()
+        fixed = {"vendor": account.vendor, "account": account.id}
+        fromtimestamp, utc, build = datetime.fromtimestamp, timezone.utc, feed.build
         messages, stamps = [], []
-        for i, (when, key, record, raw) in enumerate(page.records):
-            if not i & 63:
+        for i, (when, key, record, raw) in enumerate(page.records[start:end] if start or end is not None else page.records, start):
+            if not i & 127:
                 await breathe()
                 self.pin(i)
-            occurred = datetime.fromtimestamp(when, timezone.utc)
+            occurred = fromtimestamp(when, utc)
             try:
-                data = feed.event.model_validate(
-                    {"vendor": account.vendor, "account": account.id, "key": key, "occurred_at": occurred,
-                     **feed.build(record, account)}
-                ).model_dump(mode="json", by_alias=True)
+                body = to_json(validate({**fixed, "key": key, "occurred_at": occurred, **build(record, account)}), by_alias=True)
             except (ValidationError, ValueError, KeyError, TypeError) as exc:
                 page.refused.append((raw, exc))
                 continue
-            event = CloudEvent(
-                type=ce_type, source=self.source, data=data, time=occurred, dataschema=schema,
-                id=deterministic_id(account.vendor, account.id, feed.name, key),
-            )
-            headers, body = event.to_nats()
-            messages.append(Outgoing(self.subject, headers, body))
+            messages.append(Outgoing(subject, headers_of(event_id(key), format_time(occurred)), body))
             stamps.append((when, key))
         return messages, stamps
 
@@ -521,9 +541,11 @@ class FeedPoller(Poller):
             await self.save_cursor()
         return first_error
 
-    async def publish(self, messages: list[Outgoing], stamps: list[tuple[float, str]], stop: asyncio.Event) -> None:
-        """Publish until every message is acked (or stop); the cursor follows the acks."""
-        committed = 0
+    async def publish(
+        self, messages: list[Outgoing], stamps: list[tuple[float, str]], stop: asyncio.Event, *, start: int = 0,
+    ) -> None:
+        """Publish ``messages[start:]`` until every one is acked (or stop); the cursor follows the acks."""
+        committed = start
 
         async def checkpoint(acked: int, seq: int) -> None:
             nonlocal committed
@@ -532,7 +554,87 @@ class FeedPoller(Poller):
             committed = acked
             await self.save_cursor()
 
-        await self.publish_acked(messages, stop, checkpoint)
+        await self.publish_acked(messages, stop, checkpoint, start=start)
+
+    async def publish_page(self, page: Page, stop: asyncio.Event) -> tuple[list[Outgoing], list[tuple[float, str]], float]:
+        """Build the page's events a chunk at a time and publish each chunk as soon as it is built,
+        so building overlaps the acks of what went before; the cursor follows the acks as in
+        ``publish``, its writes made in the background (a write in flight is not waited for:
+        the next checkpoint, or the end, writes the newer state). Returns (messages, their
+        stamps, seconds spent building). A run the bus interrupts is finished by ``publish``, with
+        ``publish_acked``'s retries."""
+        chunk = max(1, self.tuning.build_chunk)
+        messages: list[Outgoing] = []
+        stamps: list[tuple[float, str]] = []
+        committed = saved = 0
+        saving: asyncio.Task | None = None
+        building = 0.0
+
+        async def checkpoint(acked: int, seq: int) -> None:
+            nonlocal committed, saved, saving
+            if acked <= committed:
+                return
+            self.advance(stamps[committed:acked])
+            self.cursor.seq = max(self.cursor.seq, seq)
+            self.meters.published.add(acked - committed, self.attrs)
+            committed = acked
+            if saving is not None:
+                if not saving.done():
+                    return  # behind by a checkpoint: written by the next one, or at the end
+                saving.result()  # LostOwnership
+            saved = committed
+            saving = asyncio.create_task(self.save_cursor(), name=f"cursor {self.label}")
+
+        async def saved_in_background() -> None:
+            nonlocal saving
+            if saving is not None:
+                await saving
+                saving.result()  # LostOwnership
+                saving = None
+
+        records = page.records
+        publisher = OrderedPublisher(
+            self.bus.js, window=self.tuning.window, ack_timeout=self.tuning.ack_timeout,
+            checkpoint_every=self.tuning.checkpoint_every, on_acked=checkpoint, connection=self.bus.nc,
+        )
+        interrupted: PublishInterrupted | None = None
+        try:
+            for first in range(0, len(records), chunk):
+                began = time.perf_counter()
+                built, built_stamps = await self.build(page, first, first + chunk)
+                building += time.perf_counter() - began
+                messages += built
+                stamps += built_stamps
+                if interrupted is None:
+                    try:
+                        await publisher.send(built)
+                    except PublishInterrupted as exc:
+                        interrupted = exc  # build the rest, then retry from the acknowledged prefix
+            if interrupted is None and messages:
+                try:
+                    duplicates = await publisher.finish()
+                    log.info("%s: published %d event(s)%s", self.label, len(messages),
+                             f", {duplicates} already on the bus" if duplicates else "")
+                except PublishInterrupted as exc:
+                    interrupted = exc
+            await saved_in_background()
+            if interrupted is not None:
+                await checkpoint(interrupted.acked, interrupted.seq)
+                await saved_in_background()
+                self.meters.publish_retries.add(1, self.attrs)
+                log.warning("%s: bus did not confirm (%r); retrying from event %d of %d",
+                            self.label, interrupted.cause, committed, len(messages))
+                if await wait_or_stop(stop, self.tuning.retry_backoff):
+                    return messages, stamps, building
+                await self.publish(messages, stamps, stop, start=committed)
+            elif saved < committed:
+                await self.save_cursor()
+        finally:
+            publisher.abandon()
+            if saving is not None and not saving.done():
+                saving.cancel()
+                await asyncio.gather(saving, return_exceptions=True)
+        return messages, stamps, building
 
     async def save_cursor(self) -> None:
         try:
@@ -583,62 +685,3 @@ async def discard(items: list) -> None:
     while items:
         del items[-4096:]
         await breathe()
-
-
-class FeedSupervisor:
-    """Holds the feed's lease while polling it (a log or a state feed); lets go (or loses it)
-    and waits its turn."""
-
-    def __init__(self, bus: Bus, lease: Lease, poller: Poller) -> None:
-        self.bus, self.lease, self.poller = bus, lease, poller
-        # For readiness: starting (no answer from the lease bucket yet), waiting (another replica
-        # polls the feed), polling (ours), restarting (the poller failed; taken again shortly).
-        self.state = "starting"
-
-    async def run(self, stop: asyncio.Event) -> None:
-        every = self.lease.ttl / 3
-        label = self.poller.label
-        try:
-            while not stop.is_set():
-                if not await self.lease.acquire():
-                    self.state = "waiting"
-                    await wait_or_stop(stop, every * random.uniform(0.5, 1.0))
-                    continue
-                self.state = "polling"
-                log.info("%s: lease taken by %s", label, self.lease.owner)
-                polling = asyncio.create_task(self.poller.run(stop), name=f"poll {label}")
-                while not polling.done():
-                    await asyncio.wait([polling], timeout=every)
-                    if not polling.done() and not await self.lease.renew():
-                        self.state = "waiting"
-                        log.warning("%s: lease lost; stopping", label)
-                        polling.cancel()
-                        await asyncio.gather(polling, return_exceptions=True)
-                if not polling.cancelled() and polling.exception() is not None:
-                    exc = polling.exception()
-                    if isinstance(exc, LostOwnership):
-                        log.warning("%s: another replica wrote the feed's cursor or snapshot; letting go", label)
-                    else:
-                        log.error("%s: poller failed; restarting it", label, exc_info=exc)
-                    self.lease.revision = None
-                    self.state = "restarting"
-                    await wait_or_stop(stop, every)
-        finally:
-            await self.lease.release()
-
-
-def leases_probe(supervisors: Sequence[FeedSupervisor]) -> Probe:
-    """Every feed's lease is held (polling) or waiting for another replica's to end; a feed whose
-    poller failed and restarts is named (degraded: the others poll); none answered yet: failing."""
-
-    async def probe() -> Status:
-        states = Tally(s.state for s in supervisors)
-        data = {"feeds": len(supervisors), **states}
-        if states["starting"]:
-            return Status("failing", f"{states['starting']} feed lease(s) not reached yet", data)
-        restarting = [s.poller.label for s in supervisors if s.state == "restarting"]
-        if restarting:
-            return Status("degraded", "poller failed, restarting: " + ", ".join(restarting), data)
-        return Status("ok", data=data)
-
-    return probe

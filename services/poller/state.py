@@ -2,9 +2,10 @@
 it with the snapshot in KV, publish one event per entity that appeared, changed or
 disappeared, and move the snapshot only over acknowledged events (see ``snapshot.py``).
 
-Runs under ``FeedSupervisor`` like a log feed and shares ``Poller``'s schedule, publishing,
-health and dead letters. Event ids come from (vendor, account, feed, entity, sequence): a
-restart or a second replica re-announces nothing, yet every observed change is its own event.
+Runs under the replica's ``FeedCoordinator`` like a log feed and shares ``Poller``'s schedule,
+publishing, health and dead letters. Event ids come from (vendor, account, feed, entity,
+sequence): a restart or a second replica re-announces nothing, yet every observed change is its
+own event.
 """
 
 from __future__ import annotations

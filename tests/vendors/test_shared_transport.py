@@ -1,0 +1,54 @@
+"""The pollers' shared aiohttp-backed transport behaves as httpx's own under the vendor client:
+the same errors for a refused connection and a reply too slow, and one client closing leaves
+it to the others."""
+
+from __future__ import annotations
+
+import pytest
+
+from pbxbridge.bus.embedded import free_port
+from pbxbridge.vendors.client import SharedTransport, default_transport
+from pbxbridge.vendors.errors import VendorTimeout, VendorTransientError
+from pbxbridge.vendors.swan import Client, Simulator
+
+PROBE, PARAMS = "getUserStatus", {"extension": "200"}
+
+
+async def test_a_client_closing_leaves_the_shared_pool_to_the_others() -> None:
+    pool = default_transport()
+    try:
+        async with Simulator(activity=False) as sim:
+            first, second = (Client(sim.account(), transport=SharedTransport(pool)) for _ in range(2))
+            await first.call(PROBE, PARAMS)
+            await first.aclose()
+            await second.call(PROBE, PARAMS)
+            await second.aclose()
+        assert [outcome for op, outcome in sim.requests if op == PROBE] == ["ok", "ok"]
+    finally:
+        await pool.aclose()
+
+
+async def test_a_refused_connection_is_unreachable_not_a_timeout() -> None:
+    """A timeout may mean the vendor acted; a refused connection means it never heard us."""
+    pool = default_transport()
+    try:
+        async with Simulator(activity=False) as sim:
+            account = sim.account().model_copy(update={"base_url": f"http://127.0.0.1:{free_port()}"})
+        async with Client(account, transport=SharedTransport(pool)) as client:
+            with pytest.raises(VendorTransientError, match="cannot reach vendor") as caught:
+                await client.call(PROBE, PARAMS)
+        assert not isinstance(caught.value, VendorTimeout)
+    finally:
+        await pool.aclose()
+
+
+async def test_a_reply_too_slow_is_a_timeout() -> None:
+    pool = default_transport()
+    try:
+        async with Simulator(activity=False) as sim:
+            sim.faults.trickle_rate, sim.faults.trickle_interval = 1.0, 0.1
+            async with Client(sim.account(timeout=0.5), transport=SharedTransport(pool)) as client:
+                with pytest.raises(VendorTimeout):
+                    await client.call(PROBE, PARAMS)
+    finally:
+        await pool.aclose()
