@@ -617,8 +617,19 @@ class FeedPoller(Poller):
                              f", {duplicates} already on the bus" if duplicates else "")
                 except PublishInterrupted as exc:
                     interrupted = exc
-            await saved_in_background()
-            if interrupted is not None:
+            if interrupted is None:
+                await saved_in_background()
+                if saved < committed:
+                    await self.save_cursor()
+            else:
+                if saving is not None and not saving.done():
+                    # It went out on the connection that failed: its reply may never come, and
+                    # waiting would hold the feed up for a whole request timeout. The checkpoints
+                    # below write the cursor again (a write that did land is recognised then:
+                    # FencedEntry.write).
+                    saving.cancel()
+                    await asyncio.gather(saving, return_exceptions=True)
+                    saving, self.cursor_dirty = None, True
                 await checkpoint(interrupted.acked, interrupted.seq)
                 await saved_in_background()
                 self.meters.publish_retries.add(1, self.attrs)
@@ -627,8 +638,6 @@ class FeedPoller(Poller):
                 if await wait_or_stop(stop, self.tuning.retry_backoff):
                     return messages, stamps, building
                 await self.publish(messages, stamps, stop, start=committed)
-            elif saved < committed:
-                await self.save_cursor()
         finally:
             publisher.abandon()
             if saving is not None and not saving.done():
