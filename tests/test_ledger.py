@@ -190,6 +190,37 @@ async def test_create_claim_takes_only_a_key_never_seen(ledger: Ledger) -> None:
     assert entry.state == "done" and entry.attempt == 2
 
 
+@pytest.mark.parametrize("how", ["create_claim", "claim"])
+async def test_a_claim_whose_reply_was_lost_is_recognised_as_taken(ledger: Ledger, monkeypatch, how: str) -> None:
+    """The claim's write lands but its reply is lost (a node killed under it): the claimant
+    tries again, finds its own entry and holds the claim, rather than leaving a claim of nobody
+    that the next delivery would take for a worker that died calling the vendor."""
+    import nats.errors
+
+    key = f"k.lost-reply.{how}"
+    if how == "claim":  # a key released once: claim() updates it
+        await (await take(ledger, key)).release("retrying")
+    write = ledger.kv.create if how == "create_claim" else ledger.kv.update
+    lost = 0
+
+    async def landed_but_unanswered(*args, **kwargs):
+        nonlocal lost
+        revision = await write(*args, **kwargs)
+        if lost == 0:
+            lost += 1
+            raise nats.errors.TimeoutError
+        return revision
+
+    monkeypatch.setattr(ledger.kv, "create" if how == "create_claim" else "update", landed_but_unanswered)
+    claim = await (ledger.create_claim(key, holder="w1", ttl=3.0) if how == "create_claim"
+                   else ledger.claim(key, holder="w1", ttl=3.0))
+    assert lost == 1 and isinstance(claim, Claim)
+    entry, revision = await ledger.read(key)
+    assert entry.owner == claim.owner and revision == claim.revision  # ours, and the claim knows it
+    stored = await claim.finish(result=a_result())  # through the claim, compare-and-set
+    assert stored.state == "done" and (await ledger.read(key))[0].state == "done"
+
+
 async def test_mark_published_with_a_stale_revision_reads_again(ledger: Ledger) -> None:
     """The revision an ending stored at saves a read; if someone wrote since, the mark still lands
     on what is stored now and never turns it back into something else."""

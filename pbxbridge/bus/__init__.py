@@ -118,7 +118,7 @@ async def connect_nats(
             failures.append(exc)
 
     connecting = nc.connect(
-        **connection.nats_kwargs(), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        **connection.nats_kwargs(), name=name,
         disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, error_cb=on_error,
     )
     if timeout is None:

@@ -26,6 +26,11 @@ from pbxbridge.redact import register_secrets
 _CREDS_SEED = "-----BEGIN USER NKEY SEED-----"
 _CREDS_JWT = "-----BEGIN NATS USER JWT-----"
 
+# Every connection, nats-py's and FastStream's, reconnects for ever and soon: FastStream's own
+# default (60 attempts 2 s apart) would leave a worker's consumer closed for good after a
+# two-minute outage while its bus connection came back.
+RECONNECT = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.5}
+
 
 class NatsCredentialsError(ConfigError):
     """A credential or TLS file cannot be used; the message names the variable and the file."""
@@ -40,11 +45,11 @@ class NatsConnection:
 
     def nats_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` / ``Client.connect``."""
-        return {"servers": list(self.servers), **parse_security(self.security)}
+        return {"servers": list(self.servers), **parse_security(self.security), **RECONNECT}
 
     def broker_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for FastStream's ``NatsBroker``."""
-        return {"servers": list(self.servers), "security": self.security}
+        return {"servers": list(self.servers), "security": self.security, **RECONNECT}
 
     def __repr__(self) -> str:
         kind = type(self.security).__name__ if self.security is not None else "none"

@@ -8,14 +8,24 @@ from here, taken from the same ``PBX_*`` settings.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from pbxbridge.bus.infra import Names
 from pbxbridge.bus.subjects import Subjects
 from pbxbridge.config import Settings
 from pbxbridge.events import CallEnded, EventData, VoicemailReceived
+
+if TYPE_CHECKING:
+    from faststream.nats import NatsBroker
+
+log = logging.getLogger("pbxbridge.bus")
 
 COMMANDER = "commander"
 RECORDINGS = "recordings"
@@ -88,3 +98,22 @@ def all_consumers(settings: Settings) -> list[Consumer]:
     accounts file, so it cannot know whether an account archives by itself; unused, they cost a
     few bytes of state (the events stream's retention is by limits, not by interest)."""
     return [commander_consumer(settings), *recordings_consumers(settings, auto_archive=True)]
+
+
+@asynccontextmanager
+async def consuming(broker: "NatsBroker") -> AsyncIterator[None]:
+    """``broker`` connected and its subscribers started; on exit stopped, NATS there or not.
+
+    A connection that is reconnecting refuses to drain (nothing could be flushed): it is closed
+    instead, and the messages still unacknowledged are delivered again, to another replica or to
+    this worker's next start."""
+    await broker.connect()
+    try:
+        await broker.start()
+        yield
+    finally:
+        try:
+            await broker.stop()
+        except nats.errors.ConnectionReconnectingError:
+            log.warning("stopped while NATS was unreachable: unacknowledged messages will be delivered again")
+            await broker.connection.close()

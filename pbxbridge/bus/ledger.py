@@ -174,7 +174,7 @@ class Ledger:
                 return Held(entry)
             claim = Claim(self, key, holder=holder, ttl=ttl, previous=entry)
             try:
-                claim.revision = await self.write(key, claim.running(), revision)
+                await claim.take(revision)
             except LedgerConflict:
                 continue  # another claimant moved first: look again
             return claim
@@ -184,7 +184,7 @@ class Ledger:
         None if the key exists: then ``read`` it and ``claim`` as usual."""
         claim = Claim(self, key, holder=holder, ttl=ttl, previous=None)
         try:
-            claim.revision = await self.write(key, claim.running(), None)
+            await claim.take(None)
         except LedgerConflict:
             return None
         return claim
@@ -240,7 +240,7 @@ class Claim:
         self.since = utcnow()
         self.expires = self.since + timedelta(seconds=ttl)
         self.stored_expires = self.expires  # the expiry others read: the last one a write confirmed
-        self.revision: int = 0
+        self.revision: int | None = None  # None until the claim is taken: the key is created then
         self.lost = False  # no longer ours: ended through this claim, or taken over
         self._lock = asyncio.Lock()  # the heartbeat and an ending never write on the same revision
 
@@ -249,6 +249,20 @@ class Claim:
             state="running", attempt=self.attempt, instance=self.holder, owner=self.owner, expires=self.expires,
             since=self.since, error=self.previous.error if self.previous else None,
         )
+
+    async def take(self, revision: int | None) -> None:
+        """The claim's first write: ``running`` over ``revision`` (None: the key must not exist
+        yet); ``LedgerConflict`` if another claimant moved first.
+
+        A reply lost with a connection or an election does not say whether the write landed; it
+        is retried, and one that did land is recognised as ours (see ``_write``). Left unknown,
+        the next delivery would find this claim, expired, and end a command whose vendor call
+        never started ``outcome_unknown``."""
+        self.revision = revision
+        try:
+            await self._write(self.running())
+        except ClaimLost:
+            raise LedgerConflict(self.key) from None
 
     async def renew(self) -> None:
         """Push the expiry ``ttl`` seconds ahead; ``ClaimLost`` if someone took the key over."""

@@ -13,7 +13,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 
 from pbxbridge import tracing
 from pbxbridge.bus import Bus
-from pbxbridge.bus.consumers import COMMANDER as CONSUMER, commander_consumer
+from pbxbridge.bus.consumers import COMMANDER as CONSUMER, commander_consumer, consuming
 from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.outcomes import settle
@@ -99,8 +99,7 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health
     sampler = ConsumerSampler(bus.js, [(consumer.stream, consumer.config.durable_name)], every=config.settings.consumer_sample_interval)
     log.info("commander %s: %d account(s)", config.settings.instance, len(clients))
     try:
-        async with broker:
-            await broker.start()
+        async with consuming(broker):
             health.add("commander.bus", bus_probe(
                 bus, streams=[names.commands, names.results, names.dead_letters, names.jobs],
                 buckets=[names.ledger, names.tokens],

@@ -16,7 +16,7 @@ from nats.js.api import ConsumerConfig
 from pbxbridge import tracing
 from pbxbridge.bus import Bus
 from pbxbridge.bus.consumers import RECORDINGS as CONSUMER
-from pbxbridge.bus.consumers import recordings_consumers, recordings_jobs_consumer, recordings_trigger_consumer
+from pbxbridge.bus.consumers import consuming, recordings_consumers, recordings_jobs_consumer, recordings_trigger_consumer
 from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.outcomes import settle
@@ -134,8 +134,7 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event, *, health: Health
             "recordings %s: %d account(s) with recordings, %d archiving by themselves, archives: %s",
             config.settings.instance, len(clients), sum(a.options.archive_recordings for a in accounts), ", ".join(archives),
         )
-        async with broker:
-            await broker.start()
+        async with consuming(broker):
             for name, probe in probes.items():
                 health.add(name, probe)
             try:

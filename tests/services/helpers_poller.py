@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pydantic_core import from_json
 
 from pbxbridge.bus import Bus
-from support import wait_for  # noqa: F401  (re-exported for the poller tests)
+from support import running_until_stopped, wait_for  # noqa: F401  (wait_for re-exported for the poller tests)
 from pbxbridge.config import Account, Config, Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,14 +87,8 @@ async def running_poller(config: Config, bus: Bus, **kwargs: Any) -> AsyncIterat
     """``worker.serve`` in a task; stopped cleanly (and checked for crashes) on exit."""
     from services.poller.worker import serve
 
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, bus, stop, **kwargs))
-    try:
+    async with running_until_stopped(lambda stop: serve(config, bus, stop, **kwargs), "poller") as task:
         yield task
-        assert not task.done(), f"poller stopped on its own: {task.exception() if task.done() else ''}"
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
 
 
 def write_config(path: Path, account: Account) -> dict[str, str]:

@@ -8,7 +8,7 @@ import contextlib
 import gzip
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,22 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+@contextlib.asynccontextmanager
+async def running_until_stopped(
+    run: Callable[[asyncio.Event], Awaitable[Any]], what: str, *, stop_within: float = 15.0,
+) -> AsyncIterator[asyncio.Task]:
+    """``run(stop)`` in a task; on exit checked for a crash (it must still be running), then
+    stopped through ``stop`` within ``stop_within`` seconds."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(stop))
+    try:
+        yield task
+        assert not task.done(), f"{what} stopped on its own: {task.exception() if task.done() else ''}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, stop_within)
 
 
 class CountingYemot(YemotSimulator):
@@ -140,10 +156,5 @@ async def running_commander(
 
     options.setdefault("timeout", 0.5)
     config = Config(settings=settings, accounts=[sim.account(a, **options) for a in accounts])
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, bus, stop, health=health))
-    try:
+    async with running_until_stopped(lambda stop: serve(config, bus, stop, health=health), "commander", stop_within=10):
         yield Rig(bus, sim, accounts[0])
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)

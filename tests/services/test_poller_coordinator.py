@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from helpers_poller import wait_for
+from helpers_poller import running_until_stopped, wait_for
 from pbxbridge.bus import Bus
 from services.poller.coordinator import FeedCoordinator, leases_probe
 
@@ -58,14 +58,8 @@ def keys(n: int = FEEDS) -> list[str]:
 async def replica(bus: Bus, feeds: Feeds, owner: str, *, n: int = FEEDS) -> AsyncIterator[FeedCoordinator]:
     kv = await bus.js.key_value(bus.names.leases)
     coordinator = FeedCoordinator(kv, owner, TTL, [(k, feeds.poller(k, owner)) for k in keys(n)], tick=0.1, spread=0.0)
-    stop = asyncio.Event()
-    task = asyncio.create_task(coordinator.run(stop))
-    try:
+    async with running_until_stopped(coordinator.run, f"coordinator {owner}"):
         yield coordinator
-        assert not task.done(), f"coordinator stopped on its own: {task.exception() if task.done() else ''}"
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
 
 
 def shares(feeds: Feeds) -> dict[str, int]:
