@@ -4,6 +4,9 @@ it to the others."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import httpx
 import pytest
 
 from pbxbridge.bus.embedded import free_port
@@ -14,41 +17,37 @@ from pbxbridge.vendors.swan import Client, Simulator
 PROBE, PARAMS = "getUserStatus", {"extension": "200"}
 
 
-async def test_a_client_closing_leaves_the_shared_pool_to_the_others() -> None:
-    pool = default_transport()
-    try:
-        async with Simulator(activity=False) as sim:
-            first, second = (Client(sim.account(), transport=SharedTransport(pool)) for _ in range(2))
-            await first.call(PROBE, PARAMS)
-            await first.aclose()
-            await second.call(PROBE, PARAMS)
-            await second.aclose()
-        assert [outcome for op, outcome in sim.requests if op == PROBE] == ["ok", "ok"]
-    finally:
-        await pool.aclose()
+@pytest.fixture
+async def pool() -> AsyncIterator[httpx.AsyncBaseTransport]:
+    """The one pool the clients share; closed only after all of them."""
+    transport = default_transport()
+    yield transport
+    await transport.aclose()
 
 
-async def test_a_refused_connection_is_unreachable_not_a_timeout() -> None:
+async def test_a_client_closing_leaves_the_shared_pool_to_the_others(pool: httpx.AsyncBaseTransport) -> None:
+    async with Simulator(activity=False) as sim:
+        first, second = (Client(sim.account(), transport=SharedTransport(pool)) for _ in range(2))
+        await first.call(PROBE, PARAMS)
+        await first.aclose()
+        await second.call(PROBE, PARAMS)
+        await second.aclose()
+    assert [outcome for op, outcome in sim.requests if op == PROBE] == ["ok", "ok"]
+
+
+async def test_a_refused_connection_is_unreachable_not_a_timeout(pool: httpx.AsyncBaseTransport) -> None:
     """A timeout may mean the vendor acted; a refused connection means it never heard us."""
-    pool = default_transport()
-    try:
-        async with Simulator(activity=False) as sim:
-            account = sim.account().model_copy(update={"base_url": f"http://127.0.0.1:{free_port()}"})
-        async with Client(account, transport=SharedTransport(pool)) as client:
-            with pytest.raises(VendorTransientError, match="cannot reach vendor") as caught:
+    async with Simulator(activity=False) as sim:
+        account = sim.account().model_copy(update={"base_url": f"http://127.0.0.1:{free_port()}"})
+    async with Client(account, transport=SharedTransport(pool)) as client:
+        with pytest.raises(VendorTransientError, match="cannot reach vendor") as caught:
+            await client.call(PROBE, PARAMS)
+    assert not isinstance(caught.value, VendorTimeout)
+
+
+async def test_a_reply_too_slow_is_a_timeout(pool: httpx.AsyncBaseTransport) -> None:
+    async with Simulator(activity=False) as sim:
+        sim.faults.trickle_rate, sim.faults.trickle_interval = 1.0, 0.1
+        async with Client(sim.account(timeout=0.5), transport=SharedTransport(pool)) as client:
+            with pytest.raises(VendorTimeout):
                 await client.call(PROBE, PARAMS)
-        assert not isinstance(caught.value, VendorTimeout)
-    finally:
-        await pool.aclose()
-
-
-async def test_a_reply_too_slow_is_a_timeout() -> None:
-    pool = default_transport()
-    try:
-        async with Simulator(activity=False) as sim:
-            sim.faults.trickle_rate, sim.faults.trickle_interval = 1.0, 0.1
-            async with Client(sim.account(timeout=0.5), transport=SharedTransport(pool)) as client:
-                with pytest.raises(VendorTimeout):
-                    await client.call(PROBE, PARAMS)
-    finally:
-        await pool.aclose()
