@@ -49,46 +49,34 @@ REPO = Path(__file__).resolve().parents[1]
 RATE = 8000
 
 CHILD = r"""
-import asyncio, json, resource, sys, threading, time
+import asyncio, json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[6])  # this checkout's bench/: the loop watch
+from loopwatch import LoopWatch
 t0 = time.perf_counter()
 from pathlib import Path
 from services.recordings import activities
 startup = time.perf_counter() - t0
 source, fmt, target, into = Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
 
-def run_queue_wait():  # seconds this thread was ready to run but got no CPU
-    return int(open(f"/proc/self/task/{threading.get_native_id()}/schedstat").read().split()[1]) / 1e9
-
 def cpu(who):
     u = resource.getrusage(who)
     return u.ru_utime + u.ru_stime
 
 async def main():
-    stall, blocked, done = 0.0, 0.0, False
-    async def heartbeat():
-        nonlocal stall, blocked
-        last, waited = time.perf_counter(), run_queue_wait()
-        while not done:
-            await asyncio.sleep(0.005)
-            now, now_waited = time.perf_counter(), run_queue_wait()
-            stall = max(stall, now - last - 0.005)
-            blocked = max(blocked, now - last - 0.005 - (now_waited - waited))
-            last, waited = now, now_waited
     if hasattr(activities, "start_converter"):
         await activities.start_converter()  # as the worker does when it starts
-    beat = asyncio.create_task(heartbeat())
-    await asyncio.sleep(0.5)  # the loop's stalls with nothing converting: what the machine alone does
-    idle, stall, blocked = stall, 0.0, 0.0
-    audio = activities.SpooledAudio(source, fmt, "bench", source.stat().st_size)
-    t, c = time.perf_counter(), cpu(resource.RUSAGE_SELF) + cpu(resource.RUSAGE_CHILDREN)
-    converted = await activities.convert_audio(activities.Conversion(audio, target, into))
-    seconds = time.perf_counter() - t
-    # a conversion process's CPU counts whole, its start-up (before ``t``) too, once it has exited
-    used = cpu(resource.RUSAGE_SELF) + cpu(resource.RUSAGE_CHILDREN) - c
-    done = True
-    await beat
-    return seconds, used, idle, stall, blocked, converted
+    async with LoopWatch() as watch:
+        await asyncio.sleep(0.5)  # the loop's stalls with nothing converting: what the machine alone does
+        idle = watch.late
+        watch.reset()
+        audio = activities.SpooledAudio(source, fmt, "bench", source.stat().st_size)
+        t, c = time.perf_counter(), cpu(resource.RUSAGE_SELF) + cpu(resource.RUSAGE_CHILDREN)
+        converted = await activities.convert_audio(activities.Conversion(audio, target, into))
+        seconds = time.perf_counter() - t
+        # a conversion process's CPU counts whole, its start-up (before ``t``) too, once it has exited
+        used = cpu(resource.RUSAGE_SELF) + cpu(resource.RUSAGE_CHILDREN) - c
+    return seconds, used, idle, watch.late, watch.blocked, converted
 
 seconds, used, idle, stall, blocked, converted = asyncio.run(main())
 own_kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -173,7 +161,7 @@ def run_ffmpeg(source: Path, rate: int, options: list[str], into: Path) -> dict:
 
 
 def run_pbx(repo: Path, source: Path, fmt: str, target: str, into: Path) -> dict:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(repo), str(source), fmt, target, str(into)],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(repo), str(source), fmt, target, str(into), str(REPO / "bench")],
                             stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)

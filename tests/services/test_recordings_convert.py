@@ -15,7 +15,6 @@ import contextlib
 import gc
 import os
 import signal
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import av
 import numpy as np
 import pytest
 
+from bench.loopwatch import LoopWatch
 from services.recordings import activities, convert as cv, libopus
 
 RATE = 8000
@@ -163,44 +163,21 @@ def _conversion(source: Path, target: str, into: Path, source_format: str = "fla
     return activities.Conversion(activities.SpooledAudio(source, source_format, "test", source.stat().st_size), target, into)
 
 
-def _run_queue_wait() -> float:
-    """Seconds this thread has spent ready to run but waiting for a CPU (the kernel's schedstat)."""
-    with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
-        return int(f.read().split()[1]) / 1e9
-
-
 async def _loop_while(work: Awaitable) -> tuple[float, float, float]:
-    """Run ``work`` beside a 5 ms ticker: (the ticker's longest lateness, its longest lateness that the
-    OS's run queue does not explain, this process's CPU seconds meanwhile).
-
-    On a shared machine (or VM) the OS alone makes a tick tens of ms late now and then, whatever
-    the loop does; the kernel counts that wait, so what is left is the time the loop thread was
-    kept from running by this process itself: by another thread holding the GIL, or by the loop."""
-    late = blocked = 0.0
-    done = False
-
-    async def tick() -> None:
-        nonlocal late, blocked
-        last, waited = time.perf_counter(), _run_queue_wait()
-        while not done:
-            await asyncio.sleep(0.005)
-            now, now_waited = time.perf_counter(), _run_queue_wait()
-            late = max(late, now - last - 0.005)
-            blocked = max(blocked, now - last - 0.005 - (now_waited - waited))
-            last, waited = now, now_waited
-
+    """Run ``work`` watched (``LoopWatch``): (the loop's longest lateness, its longest lateness
+    that the OS's run queue does not explain, this process's CPU seconds meanwhile)."""
     gc.disable()  # a full collection in a test process this big takes tens of ms: the loop's doing, not the work's
-    ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0.02)
-    cpu = time.process_time()
     try:
-        await work
+        async with LoopWatch() as watch:
+            await asyncio.sleep(0.02)
+            cpu = time.process_time()
+            try:
+                await work
+            finally:
+                cpu = time.process_time() - cpu
     finally:
-        cpu = time.process_time() - cpu
-        done = True
-        await ticker
         gc.enable()
-    return late, blocked, cpu
+    return watch.late, watch.blocked, cpu
 
 
 @pytest.mark.skipif(not Path("/proc/thread-self/schedstat").exists(), reason="needs Linux's schedstat")
