@@ -85,15 +85,9 @@ def presence_feed(server: SnapshotServer, http: httpx.AsyncClient) -> StateFeed:
 
 
 @pytest.fixture
-def psettings(settings: Settings) -> Settings:
+def settings(settings: Settings) -> Settings:
     # A short dedupe window: only the snapshot can keep a restart from repeating events.
     return settings.model_copy(update={"lease_ttl": 1.5, "instance": "replica-a", "duplicate_window": 1.0})
-
-
-@pytest.fixture
-async def pbus(psettings: Settings) -> AsyncIterator[Bus]:
-    async with open_bus(psettings, name="test-state") as b:
-        yield b
 
 
 @pytest.fixture
@@ -151,31 +145,31 @@ def changes_of(events: list[Any], entity: str) -> list[tuple[str, Any]]:
     return [(m.data["change"], m.data.get("status", m.data.get("waiting"))) for m in events if m.data["key"] == entity]
 
 
-async def test_first_start_publishes_every_entity_once(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
+async def test_first_start_publishes_every_entity_once(settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
     """The first look announces every entity as ``appeared``, once, with a deterministic id."""
-    async with running_poller(config_for(psettings, server), pbus):
-        await until_events(pbus, 3, "every entity")
+    async with running_poller(config_for(settings, server), bus):
+        await until_events(bus, 3, "every entity")
         await more_polls(server)
-    events = await stored(pbus)
+    events = await stored(bus)
     assert {m.data["key"]: m.data["change"] for m in events} == {"a1": "appeared", "a2": "appeared", "queue-sales": "appeared"}
     a1 = next(m for m in events if m.data["key"] == "a1")
     assert a1.headers["Nats-Msg-Id"] == deterministic_id("yemot", "acme", FEED, "a1", a1.data["sequence"])
     assert a1.data["original"] == {"id": "a1", "status": "available"} and a1.data["status"] == "available"
-    assert await total(pbus) == 3
+    assert await total(bus) == 3
 
 
 async def test_appear_change_disappear_each_give_one_event_of_the_built_type(
-    psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed,
+    settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed,
 ) -> None:
     """An entity that appears, one that changes and one that goes: one event each, of build's type."""
-    async with running_poller(config_for(psettings, server), pbus):
-        await until_events(pbus, 3, "the first look")
+    async with running_poller(config_for(settings, server), bus):
+        await until_events(bus, 3, "the first look")
         server.entities["queue-support"] = {"waiting": 4}
         server.entities["a1"] = {"status": "paused"}
         del server.entities["a2"]
-        await until_events(pbus, 6, "the three changes")
+        await until_events(bus, 6, "the three changes")
         await more_polls(server)
-    events = (await stored(pbus))[3:]
+    events = (await stored(bus))[3:]
     assert {m.data["key"]: (m.headers["ce-type"], m.data["change"]) for m in events} == {
         "queue-support": ("pbx.queue.status.changed.v1", "appeared"),
         "a1": ("pbx.agent.status.changed.v1", "changed"),
@@ -183,38 +177,38 @@ async def test_appear_change_disappear_each_give_one_event_of_the_built_type(
     }
     gone = next(m for m in events if m.data["key"] == "a2")
     assert gone.data["status"] == "offline" and gone.data["original"] == {"id": "a2", "status": "paused"}
-    assert next(m for m in events if m.data["key"] == "queue-support").subject == subjects(pbus)[1]
-    assert await total(pbus) == 6
+    assert next(m for m in events if m.data["key"] == "queue-support").subject == subjects(bus)[1]
+    assert await total(bus) == 6
 
 
 async def test_calls_in_progress_give_started_and_ended_and_nothing_between(
-    psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed,
+    settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed,
 ) -> None:
     """build may answer a non-state event (no change/sequence fields) or None (no news)."""
-    started, ended = (pbus.subjects.event("yemot", "acme", e.event) for e in (CallStarted, CallEnded))
-    async with running_poller(config_for(psettings, server), pbus):
-        await until_events(pbus, 3, "the first look")
+    started, ended = (bus.subjects.event("yemot", "acme", e.event) for e in (CallStarted, CallEnded))
+    async with running_poller(config_for(settings, server), bus):
+        await until_events(bus, 3, "the first look")
         server.entities["call-7"] = {"state": "ringing"}
-        await wait_for(lambda: _count_is(pbus, started, 1), what="call.started")
+        await wait_for(lambda: _count_is(bus, started, 1), what="call.started")
         server.entities["call-7"] = {"state": "talking"}  # a change build calls no news
         await more_polls(server)
         del server.entities["call-7"]
-        await wait_for(lambda: _count_is(pbus, ended, 1), what="call.ended")
+        await wait_for(lambda: _count_is(bus, ended, 1), what="call.ended")
         await more_polls(server)
-    (start,), (end,) = await read_all(pbus, started), await read_all(pbus, ended)
+    (start,), (end,) = await read_all(bus, started), await read_all(bus, ended)
     assert start.data["call_id"] == end.data["call_id"] == "call-7" and "sequence" not in start.data
     assert end.data["original"] == {"id": "call-7", "state": "talking"}
-    assert await count(pbus, started) + await count(pbus, ended) == 2
+    assert await count(bus, started) + await count(bus, ended) == 2
 
 
-async def test_flapping_entity_gives_every_change_in_order(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
+async def test_flapping_entity_gives_every_change_in_order(settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
     """A→B→A→B: every change is its own event (the sequence, not the state, makes the id), in order."""
-    async with running_poller(config_for(psettings, server), pbus):
-        await until_events(pbus, 3, "the first look")
+    async with running_poller(config_for(settings, server), bus):
+        await until_events(bus, 3, "the first look")
         for i, status in enumerate(["paused", "available", "paused", "available"], 1):
             server.entities["a1"] = {"status": status}
-            await until_events(pbus, 3 + i, f"flap {i}")
-    events = await stored(pbus)
+            await until_events(bus, 3 + i, f"flap {i}")
+    events = await stored(bus)
     assert changes_of(events, "a1") == [("appeared", "available"), ("changed", "paused"), ("changed", "available"),
                                         ("changed", "paused"), ("changed", "available")]
     sequences = [m.data["sequence"] for m in events if m.data["key"] == "a1"]
@@ -222,40 +216,40 @@ async def test_flapping_entity_gives_every_change_in_order(psettings: Settings, 
 
 
 async def test_restart_past_the_dedupe_window_republishes_nothing(
-    psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed,
+    settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed,
 ) -> None:
     """A second run after JetStream forgot the ids publishes only what changed meanwhile."""
-    config = config_for(psettings, server)
-    async with running_poller(config, pbus):
-        await until_events(pbus, 3, "the first look")
-    await _past_the_dedupe_window(psettings)
+    config = config_for(settings, server)
+    async with running_poller(config, bus):
+        await until_events(bus, 3, "the first look")
+    await _past_the_dedupe_window(settings)
     server.entities["a2"] = {"status": "available"}  # changed while no poller ran
-    async with running_poller(config, pbus):
-        await until_events(pbus, 4, "the change made while stopped")
+    async with running_poller(config, bus):
+        await until_events(bus, 4, "the change made while stopped")
         await more_polls(server)
-    ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(pbus))
+    ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(bus))
     assert len(ids) == 4 and set(ids.values()) == {1}
 
 
-async def test_two_replicas_never_both_poll(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
+async def test_two_replicas_never_both_poll(settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
     """While replica A holds the lease replica B never asks the vendor; B takes over when A stops."""
-    other = psettings.model_copy(update={"instance": "replica-b"})
+    other = settings.model_copy(update={"instance": "replica-b"})
     async with open_bus(other, name="test-state-b") as bus_b, contextlib.AsyncExitStack() as replica_a:
-        await replica_a.enter_async_context(running_poller(config_for(psettings, server), pbus))
-        await until_events(pbus, 3, "replica A's first look")
+        await replica_a.enter_async_context(running_poller(config_for(settings, server), bus))
+        await until_events(bus, 3, "replica A's first look")
         async with running_poller(config_for(other, server), bus_b):
             for i, status in enumerate(["paused", "available", "paused"], 1):  # longer than the dedupe window
                 server.entities["a1"] = {"status": status}
-                await until_events(pbus, 3 + i, f"change {i}")
-                await _past_the_dedupe_window(psettings)
+                await until_events(bus, 3 + i, f"change {i}")
+                await _past_the_dedupe_window(settings)
             callers_while_both = set(server.callers)
             await replica_a.aclose()  # A stops and lets go of the lease
             server.entities["a2"] = {"status": "available"}
-            await until_events(pbus, 7, "replica B's first event")
+            await until_events(bus, 7, "replica B's first event")
             await more_polls(server)
     assert len(callers_while_both) == 1, "both replicas polled the vendor"
     assert len(set(server.callers)) == 2  # B did poll once A was gone
-    ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(pbus))
+    ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(bus))
     assert len(ids) == 7 and set(ids.values()) == {1}
 
 
@@ -275,45 +269,45 @@ class CrashingStore(SnapshotStore):
 
 @pytest.mark.parametrize("crash_at", ["after the acks", "before publishing"])
 async def test_crash_during_a_poll_then_restart_past_the_window_repeats_and_loses_nothing(
-    psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed, monkeypatch: pytest.MonkeyPatch, crash_at: str,
+    settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed, monkeypatch: pytest.MonkeyPatch, crash_at: str,
 ) -> None:
     """Killed after the acks (or before publishing) and restarted past the dedupe window: each id once, none lost."""
     server.entities["call-1"] = {"state": "talking"}  # a call.started: no sequence in its data, only in its id
-    cursors = await pbus.js.key_value(pbus.names.cursors)
+    cursors = await bus.js.key_value(bus.names.cursors)
     account = account_for(server)
     client = client_for(account)
     meters = Meters(metric_reader()[1])
-    dying = StatePoller(pbus, account, client, feed, CrashingStore(cursors, KEY, "run-1"), meters=meters)
+    dying = StatePoller(bus, account, client, feed, CrashingStore(cursors, KEY, "run-1"), meters=meters)
     if crash_at == "before publishing":
         async def die(*args: Any) -> None:
             raise Crash("killed before the first publish")
         monkeypatch.setattr(dying, "publish_acked", die)
     with pytest.raises(Crash):
         await dying.run(asyncio.Event())
-    assert await total(pbus) == (4 if crash_at == "after the acks" else 0)
+    assert await total(bus) == (4 if crash_at == "after the acks" else 0)
     assert (await SnapshotStore(cursors, KEY, "x").load()).pending is not None
-    await _past_the_dedupe_window(psettings)
+    await _past_the_dedupe_window(settings)
 
-    restarted = StatePoller(pbus, account, client, feed, SnapshotStore(cursors, KEY, "run-2"), meters=meters)
+    restarted = StatePoller(bus, account, client, feed, SnapshotStore(cursors, KEY, "run-2"), meters=meters)
     stop = asyncio.Event()
     task = asyncio.create_task(restarted.run(stop))
     try:
-        await until_events(pbus, 4, "every entity once")
+        await until_events(bus, 4, "every entity once")
         server.entities["a1"] = {"status": "paused"}
-        await until_events(pbus, 5, "a change after the restart")
+        await until_events(bus, 5, "a change after the restart")
         await more_polls(server)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
         await client.aclose()
-    ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(pbus))
+    ids = Counter(m.headers["Nats-Msg-Id"] for m in await stored(bus))
     assert len(ids) == 5 and set(ids.values()) == {1}
     assert (await SnapshotStore(cursors, KEY, "x").load()).pending is None
 
 
-async def test_a_replica_that_lost_the_feed_cannot_overwrite_the_snapshot(pbus: Bus) -> None:
+async def test_a_replica_that_lost_the_feed_cannot_overwrite_the_snapshot(bus: Bus) -> None:
     """Snapshot writes are compare-and-set: a stale writer gets LostOwnership, the newer snapshot stays."""
-    cursors = await pbus.js.key_value(pbus.names.cursors)
+    cursors = await bus.js.key_value(bus.names.cursors)
     stale, current = SnapshotStore(cursors, KEY, "replica-a"), SnapshotStore(cursors, KEY, "replica-b")
     await stale.save(Snapshot(counter=1))
     await current.load()
@@ -324,43 +318,43 @@ async def test_a_replica_that_lost_the_feed_cannot_overwrite_the_snapshot(pbus: 
 
 
 async def test_malformed_snapshot_raises_health_keeps_the_snapshot_and_recovers(
-    psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed,
+    settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed,
 ) -> None:
     """A broken reply: feed.health, no 'disappeared' for everyone, snapshot untouched; recovered after."""
-    health = pbus.subjects.event("yemot", "acme", "feed.health")
-    cursors = await pbus.js.key_value(pbus.names.cursors)
-    async with running_poller(config_for(psettings, server), pbus):
-        await until_events(pbus, 3, "the first look")
+    health = bus.subjects.event("yemot", "acme", "feed.health")
+    cursors = await bus.js.key_value(bus.names.cursors)
+    async with running_poller(config_for(settings, server), bus):
+        await until_events(bus, 3, "the first look")
         revision = (await cursors.get(KEY)).revision
         server.malformed = True
-        await wait_for(lambda: count(pbus, health), what="a health event")
+        await wait_for(lambda: count(bus, health), what="a health event")
         await more_polls(server)
         assert (await cursors.get(KEY)).revision == revision
-        assert await total(pbus) == 3
+        assert await total(bus) == 3
         server.entities["a1"] = {"status": "paused"}
         server.malformed = False
-        await until_events(pbus, 4, "the change after the fault")
-        await wait_for(lambda: _count_is(pbus, health, 2), what="the recovery")
-    statuses = [m.data["status"] for m in await read_all(pbus, health)]
+        await until_events(bus, 4, "the change after the fault")
+        await wait_for(lambda: _count_is(bus, health, 2), what="the recovery")
+    statuses = [m.data["status"] for m in await read_all(bus, health)]
     assert statuses == ["malformed_reply", "recovered"]
-    assert changes_of(await stored(pbus), "a1")[-1] == ("changed", "paused")
+    assert changes_of(await stored(bus), "a1")[-1] == ("changed", "paused")
 
 
-async def test_a_big_snapshot_never_stalls_the_loop(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
+async def test_a_big_snapshot_never_stalls_the_loop(settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
     """10,000 entities appear, then all change: the event loop never stalls 100 ms."""
     server.entities.clear()
     server.entities.update({f"a{i}": {"status": "available"} for i in range(10_000)})
-    async with LoopWatch() as watch, running_poller(config_for(psettings, server), pbus):
-        await wait_for(lambda: _count_is(pbus, subjects(pbus)[0], 10_000), timeout=60, what="every entity")
+    async with LoopWatch() as watch, running_poller(config_for(settings, server), bus):
+        await wait_for(lambda: _count_is(bus, subjects(bus)[0], 10_000), timeout=60, what="every entity")
         server.entities.update({f"a{i}": {"status": "paused"} for i in range(10_000)})
-        await wait_for(lambda: _count_is(pbus, subjects(pbus)[0], 20_000), timeout=60, what="every change")
+        await wait_for(lambda: _count_is(bus, subjects(bus)[0], 20_000), timeout=60, what="every change")
     print(f"\nlongest event-loop stall over 10,000 entities: {watch.longest * 1000:.0f} ms")
     assert watch.longest < 0.1, f"the event loop stalled {watch.longest * 1000:.0f} ms"
 
 
-async def test_the_accounts_feed_interval_paces_the_poller(psettings: Settings, pbus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
+async def test_the_accounts_feed_interval_paces_the_poller(settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
     """feed_intervals reaches the schedule: polls every 0.1 s although poll_interval says 60."""
-    async with running_poller(config_for(psettings, server, poll_interval=60, feed_intervals={FEED: 0.1}), pbus):
+    async with running_poller(config_for(settings, server, poll_interval=60, feed_intervals={FEED: 0.1}), bus):
         await more_polls(server, 5)
 
 
