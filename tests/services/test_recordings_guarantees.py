@@ -83,6 +83,31 @@ async def test_archive_stored_but_not_announced_is_announced_by_the_next_deliver
     assert rig.vendor_served("getCallRecord") == 1
 
 
+async def test_archive_corrupted_after_upload_is_deleted_and_archived_again(rig: Rig, monkeypatch) -> None:
+    """Another writer replaces the object between upload and read-back: the read-back's SHA-256
+    differs, the object is deleted, and the next delivery archives (and announces) the recording."""
+    from nats.js.object_store import ObjectStore
+
+    put = ObjectStore.put
+    corrupted = 0
+
+    async def put_then_corrupt(self, name, data, **kwargs):
+        nonlocal corrupted
+        info = await put(self, name, data, **kwargs)
+        if corrupted == 0:
+            corrupted += 1
+            await put(self, name, b"not the recording", **kwargs)
+        return info
+
+    monkeypatch.setattr(ObjectStore, "put", put_then_corrupt)
+    result = await rig.fetch(rig.sim.add_finished_call(recorded=True, seconds=1.0))
+    assert corrupted == 1 and result.status == "succeeded" and result.attempts == 2
+    name = result.result["name"]
+    assert hashlib.sha256(await rig.stored(name)).hexdigest() == result.result["sha256"]
+    assert [data["sha256"] for _, data in await rig.archived_events()] == [result.result["sha256"]]
+    assert await rig.orphaned_chunks() == 0
+
+
 async def test_asking_again_past_the_dedupe_window_announces_nothing(rig: Rig) -> None:
     """Later commands for an archived call are quiet, from the ledger and, once it forgot, from the object."""
     call_id = rig.sim.add_finished_call(recorded=True, seconds=1.0)
