@@ -315,14 +315,11 @@ class VendorClient:
                     response = await self._receive(op, request, max_bytes or opts.max_reply_bytes)
                 kind = _error_kind(response.status_code)
                 return response
-            except httpx.TimeoutException as exc:
-                if _never_sent_or_cut(exc):
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                if isinstance(exc, httpx.TimeoutException) and _never_sent_or_cut(exc):
                     kind = "unreachable"
                     raise VendorTransientError(
                         f"cannot reach vendor: {type(exc.__cause__).__name__}", **self._where(op)) from None
-                kind = "timeout"
-                raise VendorTimeout(f"no complete reply within {budget:.1f}s", **self._where(op)) from None
-            except TimeoutError:
                 kind = "timeout"
                 raise VendorTimeout(f"no complete reply within {budget:.1f}s", **self._where(op)) from None
             except httpx.TransportError as exc:
