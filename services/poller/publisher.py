@@ -36,6 +36,15 @@ class Outgoing:
     body: bytes
 
 
+def connection_number(connection: NatsClient | None) -> int:
+    """Counts the client's connections; a message published while it reconnects goes out on the
+    next one. A request still unanswered once this count has moved on went out on a dead
+    connection: its reply cannot come."""
+    if connection is None:
+        return 0
+    return connection.stats["reconnects"] + connection.is_reconnecting
+
+
 class PublishInterrupted(Exception):
     """The bus did not acknowledge a message in time; the first ``acked`` ones are stored,
     the last of them at stream sequence ``seq``."""
@@ -76,10 +85,7 @@ class OrderedPublisher:
         return PublishInterrupted(self.acked, self.last_seq, cause)
 
     def _connection_number(self) -> int:
-        """Counts the client's connections; a message published while it reconnects goes out on the next one."""
-        if self.connection is None:
-            return 0
-        return self.connection.stats["reconnects"] + self.connection.is_reconnecting
+        return connection_number(self.connection)
 
     def _settle_oldest(self) -> None:
         self.sent_on.popleft()

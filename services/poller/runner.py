@@ -41,7 +41,9 @@ from pbxbridge.vendors.errors import (
 from services.poller.cursor import Cursor, CursorStore, LostOwnership, digest
 from pbxbridge.feeds import AnyFeed, Feed, FetchWindow, interval_of
 from services.poller.folds import FoldSettler
-from services.poller.publisher import OrderedPublisher, Outgoing, PublishInterrupted, publish_in_order, stored_after
+from services.poller.publisher import (
+    ACK_LOOK_EVERY, OrderedPublisher, Outgoing, PublishInterrupted, connection_number, publish_in_order, stored_after,
+)
 
 log = logging.getLogger("pbxbridge.poller")
 
@@ -568,10 +570,11 @@ class FeedPoller(Poller):
         stamps: list[tuple[float, str]] = []
         committed = saved = 0
         saving: asyncio.Task | None = None
+        saving_on = 0  # the connection the cursor write in flight went out on
         building = 0.0
 
         async def checkpoint(acked: int, seq: int) -> None:
-            nonlocal committed, saved, saving
+            nonlocal committed, saved, saving, saving_on
             if acked <= committed:
                 return
             self.advance(stamps[committed:acked])
@@ -582,15 +585,26 @@ class FeedPoller(Poller):
                 if not saving.done():
                     return  # behind by a checkpoint: written by the next one, or at the end
                 saving.result()  # LostOwnership
-            saved = committed
+            saved, saving_on = committed, connection_number(self.bus.nc)
             saving = asyncio.create_task(self.save_cursor(), name=f"cursor {self.label}")
 
         async def saved_in_background() -> None:
+            """Wait for the cursor write in flight, unless the connection it went out on has been
+            replaced (its node died): its reply may never come, and waiting would hold the feed
+            up for a whole request timeout. Then it is left, and the cursor written again (by the
+            next checkpoint or poll; a write that did land is recognised: FencedEntry.write)."""
             nonlocal saving
-            if saving is not None:
-                await saving
-                saving.result()  # LostOwnership
-                saving = None
+            if saving is None:
+                return
+            while not saving.done():
+                await asyncio.wait({saving}, timeout=ACK_LOOK_EVERY)
+                if not saving.done() and connection_number(self.bus.nc) > saving_on:
+                    saving.cancel()
+                    await asyncio.gather(saving, return_exceptions=True)
+                    saving, self.cursor_dirty = None, True
+                    return
+            saving.result()  # LostOwnership
+            saving = None
 
         records = page.records
         publisher = OrderedPublisher(
@@ -617,19 +631,11 @@ class FeedPoller(Poller):
                              f", {duplicates} already on the bus" if duplicates else "")
                 except PublishInterrupted as exc:
                     interrupted = exc
+            await saved_in_background()
             if interrupted is None:
-                await saved_in_background()
                 if saved < committed:
                     await self.save_cursor()
             else:
-                if saving is not None and not saving.done():
-                    # It went out on the connection that failed: its reply may never come, and
-                    # waiting would hold the feed up for a whole request timeout. The checkpoints
-                    # below write the cursor again (a write that did land is recognised then:
-                    # FencedEntry.write).
-                    saving.cancel()
-                    await asyncio.gather(saving, return_exceptions=True)
-                    saving, self.cursor_dirty = None, True
                 await checkpoint(interrupted.acked, interrupted.seq)
                 await saved_in_background()
                 self.meters.publish_retries.add(1, self.attrs)
