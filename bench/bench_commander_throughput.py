@@ -16,7 +16,8 @@ Per round the sender:
 The commander counts its ledger KV operations (get/create/update/put/delete on the ledger
 bucket) and reports its process CPU time over a NATS request (``<prefix>.bench.stats``):
 KV ops and CPU ms per command are the deltas over the concurrent phase. ``BENCH_PROFILE=<file>``
-writes a cProfile of the commander process there.
+writes a cProfile of the commander process there; ``BENCH_LOOP=uvloop`` runs the commander on
+uvloop. Besides CPU ms per command, ``sys_ms_per_cmd`` is the kernel's share of it.
 
 On a shared machine, compare builds in the same run (one checkout each, rounds interleaved):
 the commander's CPU per command is the figure that decides commands/s per process
@@ -108,7 +109,8 @@ async def run_commander(nats_url: str, sim_url: str, prefix: str, data_dir: str,
     stop = asyncio.Event()
     async with open_bus(settings, name="bench-commander") as bus:
         async def stats(msg) -> None:  # noqa: ANN001
-            await msg.respond(json.dumps({"kv": dict(ops), "cpu": time.process_time()}).encode())
+            t = os.times()
+            await msg.respond(json.dumps({"kv": dict(ops), "cpu": time.process_time(), "sys": t.system}).encode())
 
         await bus.nc.subscribe(f"{prefix}.bench.stats", cb=stats)
         loop = asyncio.get_running_loop()
@@ -232,6 +234,7 @@ async def main(args: argparse.Namespace) -> None:
                         "kv_ops_per_cmd": sum(kv.values()) / args.commands,
                         "kv": {k: round(v / args.commands, 2) for k, v in kv.items() if v},
                         "cpu_ms_per_cmd": (after["cpu"] - before["cpu"]) / args.commands * 1e3,
+                        "sys_ms_per_cmd": (after["sys"] - before["sys"]) / args.commands * 1e3,
                     }
                     del direct_serial
                     rows.append(row)
@@ -257,6 +260,12 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--sim"]:
         asyncio.run(run_simulator())
     elif sys.argv[1:2] == ["--commander"]:
+        # BENCH_LOOP=uvloop: the commander on uvloop's event loop (what ``faststream run`` picks
+        # when uvloop is installed); asyncio's own loop otherwise (``pbxbridge run``).
+        if os.environ.get("BENCH_LOOP") == "uvloop":
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         if os.environ.get("BENCH_PROFILE"):  # cProfile the commander process into this file
             import cProfile
 

@@ -327,17 +327,33 @@ class Claim:
         self, *, beat: Callable[[], Awaitable[Any]] | None = None, every: float | None = None,
     ) -> AsyncIterator["Claim"]:
         """Renew the claim every ``every`` seconds (ttl/3) and call ``beat`` (the message's
-        ``in_progress``) as often, while the body runs."""
-        task = asyncio.create_task(self._heartbeat(beat, every or self.ttl / 3))
+        ``in_progress``) as often, while the body runs.
+
+        A timer, not a task: most bodies end long before the first beat is due, and a task per
+        claim (created, cancelled, awaited) cost ~2 % of the commander's CPU. The heartbeat task
+        starts when the first beat is due."""
+        every = every or self.ttl / 3
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task | None = None
+
+        def start() -> None:
+            nonlocal task
+            task = loop.create_task(self._heartbeat(beat, every, first=0.0))
+
+        timer = loop.call_later(every, start)
         try:
             yield self
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            timer.cancel()
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
-    async def _heartbeat(self, beat: Callable[[], Awaitable[Any]] | None, every: float) -> None:
+    async def _heartbeat(self, beat: Callable[[], Awaitable[Any]] | None, every: float, *, first: float | None = None) -> None:
+        wait = every if first is None else first
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(wait)
+            wait = every
             if beat is not None:
                 try:
                     await beat()
