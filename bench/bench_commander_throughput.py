@@ -17,7 +17,8 @@ The commander counts its ledger KV operations (get/create/update/put/delete on t
 bucket) and reports its process CPU time over a NATS request (``<prefix>.bench.stats``):
 KV ops and CPU ms per command are the deltas over the concurrent phase. ``BENCH_PROFILE=<file>``
 writes a cProfile of the commander process there; ``BENCH_LOOP=uvloop`` runs the commander on
-uvloop. Besides CPU ms per command, ``sys_ms_per_cmd`` is the kernel's share of it.
+uvloop. Besides CPU ms per command, ``sys_ms_per_cmd`` is the kernel's share of it and
+``gc_ms_per_cmd`` the cyclic garbage collector's (timed through ``gc.callbacks``).
 
 On a shared machine, compare builds in the same run (one checkout each, rounds interleaved):
 the commander's CPU per command is the figure that decides commands/s per process
@@ -104,13 +105,25 @@ async def run_commander(nats_url: str, sim_url: str, prefix: str, data_dir: str,
 
         setattr(nats.js.kv.KeyValue, name, counted)
 
+    import gc
+
+    gc_time, gc_started = [0.0], [0.0]
+
+    def gc_timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[0] = time.process_time()
+        else:
+            gc_time[0] += time.process_time() - gc_started[0]
+
+    gc.callbacks.append(gc_timer)
     settings = _settings(nats_url, prefix, data_dir, concurrency)
     config = Config(settings=settings, accounts=[_account(sim_url, concurrency)])
     stop = asyncio.Event()
     async with open_bus(settings, name="bench-commander") as bus:
         async def stats(msg) -> None:  # noqa: ANN001
             t = os.times()
-            await msg.respond(json.dumps({"kv": dict(ops), "cpu": time.process_time(), "sys": t.system}).encode())
+            await msg.respond(json.dumps({"kv": dict(ops), "cpu": time.process_time(), "sys": t.system,
+                                          "gc": gc_time[0]}).encode())
 
         await bus.nc.subscribe(f"{prefix}.bench.stats", cb=stats)
         loop = asyncio.get_running_loop()
@@ -235,6 +248,7 @@ async def main(args: argparse.Namespace) -> None:
                         "kv": {k: round(v / args.commands, 2) for k, v in kv.items() if v},
                         "cpu_ms_per_cmd": (after["cpu"] - before["cpu"]) / args.commands * 1e3,
                         "sys_ms_per_cmd": (after["sys"] - before["sys"]) / args.commands * 1e3,
+                        "gc_ms_per_cmd": (after["gc"] - before["gc"]) / args.commands * 1e3,
                     }
                     del direct_serial
                     rows.append(row)
