@@ -157,7 +157,8 @@ class StreamPublisher:
 
 def _api_error(error: dict) -> nats.js.errors.APIError:
     """nats-py's error class for the server's error reply. ``APIError.from_error`` raises it
-    (nats-py's own ``publish_async`` callback lets it escape, and its future never settles)."""
+    (nats-py's own ``publish_async`` callback lets it escape, and its future never settles:
+    nats-io/nats.py#985)."""
     try:
         return nats.js.errors.APIError.from_error(error)
     except nats.js.errors.APIError as exc:
