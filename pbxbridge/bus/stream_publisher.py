@@ -18,7 +18,6 @@ publisher is made (``supported``); without it callers keep ``js.publish_async``.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import weakref
 from typing import Mapping, NamedTuple
@@ -27,6 +26,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from pydantic_core import from_json
 
 # nats-py's own rules for header keys and values (nats/aio/client.py).
 _HEADER_KEY = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -145,7 +145,7 @@ class StreamPublisher:
             future.set_exception(nats.js.errors.NoStreamResponseError())
             return
         try:
-            reply = json.loads(msg.data)
+            reply = from_json(msg.data)
             if "error" not in reply:
                 future.set_result(Ack(reply.get("stream", ""), reply["seq"], reply.get("duplicate", False)))
                 return
