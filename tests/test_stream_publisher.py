@@ -12,7 +12,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from pbxbridge.bus.envelope import CloudEvent
-from pbxbridge.bus.stream_publisher import Ack, StreamPublisher, encode_headers
+from pbxbridge.bus.stream_publisher import Ack, StreamPublisher, encode_headers, supported
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ async def test_acks_carry_sequence_and_duplicates(bus, stream) -> None:
 
 async def test_server_errors_become_nats_py_errors(bus, stream) -> None:
     """A refused publish raises the APIError publish_async raises; a subject no stream takes
-    raises NoStreamResponseError; a bad header name is refused before sending."""
+    raises NoStreamResponseError; a bad header name or subject is refused before sending."""
     _, subject = stream
     publisher = StreamPublisher.for_connection(bus.nc)
     refused = await publisher.publish(subject, b"x", headers={"Nats-Expected-Stream": "NOT_THIS_ONE"})
@@ -72,6 +72,8 @@ async def test_server_errors_become_nats_py_errors(bus, stream) -> None:
         await nobody
     with pytest.raises(nats.errors.BadHeaderError):
         await publisher.publish(subject, b"x", headers={"bad key": "v"})
+    with pytest.raises(nats.errors.BadSubjectError):
+        await publisher.publish(subject + " 0 0\r\nPUB x", b"x", headers={})
 
 
 async def test_an_abandoned_publish_is_forgotten(bus, stream) -> None:
@@ -90,3 +92,9 @@ async def test_an_abandoned_publish_is_forgotten(bus, stream) -> None:
 def test_encoding_skips_what_nats_py_skips() -> None:
     """Blank keys are dropped, values trimmed and kept on one line, as nats-py does."""
     assert encode_headers({" ": "x", "k": " a\nb "}) == b"NATS/1.0\r\nk: a b\r\n\r\n"
+
+
+async def test_the_installed_nats_py_offers_the_seam(bus) -> None:
+    """The poller's publisher needs nats-py's outgoing buffer; an upgrade that moves it makes
+    this fail, rather than the poller falling back to publish_async unnoticed."""
+    assert supported(bus.nc)

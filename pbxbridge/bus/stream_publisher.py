@@ -31,6 +31,7 @@ from pydantic_core import from_json
 # nats-py's own rules for header keys and values (nats/aio/client.py).
 _HEADER_KEY = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _NO_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
+_WHITESPACE = re.compile(r"\s")
 _checked_keys: set[str] = set()
 
 
@@ -72,7 +73,8 @@ def encode_headers(headers: Mapping[str, str]) -> bytes:
 
 
 def supported(nc: NatsClient) -> bool:
-    return all(hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue", "_max_pending_size"))
+    """Whether this nats-py has the outgoing buffer ``StreamPublisher`` writes to."""
+    return all(hasattr(nc, name) for name in ("_send_command", "_flush_pending", "_flush_queue", "_max_pending_size", "_pending_data_size"))
 
 
 class StreamPublisher:
@@ -85,6 +87,7 @@ class StreamPublisher:
         self.futures: dict[int, asyncio.Future[Ack]] = {}
         self.counter = 0
         self.inbox: str | None = None
+        self.reply_prefix = b""  # the inbox, encoded: message n's reply subject is <inbox>n
         self._subscribing: asyncio.Lock | None = None
 
     @classmethod
@@ -100,7 +103,7 @@ class StreamPublisher:
             if self.inbox is None:
                 inbox = self.nc.new_inbox() + "."
                 await self.nc.subscribe(inbox + "*", cb=self._on_ack)
-                self.inbox = inbox
+                self.inbox, self.reply_prefix = inbox, inbox.encode()
 
     async def publish(self, subject: str, body: bytes, *, headers: Mapping[str, str]) -> asyncio.Future[Ack]:
         """Send one message; the future is settled by its ack (or its error). Cancel the future
@@ -108,14 +111,16 @@ class StreamPublisher:
         if self.inbox is None:
             await self._subscribe()
         nc = self.nc
+        if not subject or _WHITESPACE.search(subject):
+            raise nats.errors.BadSubjectError  # it would break the protocol line
         if nc.is_closed:
             raise nats.errors.ConnectionClosedError
         if nc.is_draining_pubs:
             raise nats.errors.ConnectionDrainingError
         if len(body) > nc.max_payload:
             raise nats.errors.MaxPayloadError
-        if not nc.is_connected and nc._max_pending_size <= 0:
-            raise nats.errors.OutboundBufferLimitError
+        if not nc.is_connected and (nc._max_pending_size <= 0 or len(body) + nc._pending_data_size > nc._max_pending_size):
+            raise nats.errors.OutboundBufferLimitError  # reconnecting, and nats-py would not buffer it
         self.counter += 1
         number = self.counter
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
@@ -125,7 +130,7 @@ class StreamPublisher:
         size = len(header_block)
         await nc._send_command(
             b"HPUB %s %s%d %d %d\r\n%s%s\r\n"
-            % (subject.encode(), self.inbox.encode(), number, size, size + len(body), header_block, body)
+            % (subject.encode(), self.reply_prefix, number, size, size + len(body), header_block, body)
         )
         nc.stats["out_msgs"] += 1
         nc.stats["out_bytes"] += len(body)
