@@ -2,6 +2,7 @@
 
     python bench/bench_poller_scale.py [--feeds 2000] [--interval 10] [--window 30] [--simulators 4]
                                        [--saturate-feeds 500] [--saturate-interval 0.25] [--skip-saturation]
+                                       [--replica-cpus 0.15]
 
 Every part runs in its own process, so only the poller's CPU is counted: an embedded
 nats-server, ``--simulators`` Yemot simulators (``activity=False``: each poll of the SMS log
@@ -25,6 +26,13 @@ Scenarios: one replica at ``--interval``; three replicas at ``--interval``; then
 ``--saturate-feeds`` feeds at ``--saturate-interval``, a demand one replica cannot meet (it is
 CPU-bound), one replica against three, and the ratio of their polls per second. The machine's load average is printed beside:
 on a shared host the figures move with it.
+
+In the saturated scenarios each replica is capped at ``--replica-cpus`` cores, as a container's
+CPU limit caps it (a cgroup CPU quota; needs root and a cgroup ``cpu`` controller, else the
+replicas run uncapped and the run says so). Uncapped, one replica on a 2-core host already takes
+what the simulators and nats-server leave, so three cannot show more; capped, each replica is
+CPU-bound at its limit while the host has room for three, which is what "three replicas on three
+machines" measures.
 """
 
 from __future__ import annotations
@@ -117,6 +125,49 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+class CpuCap:
+    """A cgroup per process with a CPU quota of ``cores`` (cgroup v2's ``cpu.max``, or v1's
+    ``cpu.cfs_quota_us``), as a container runtime sets a CPU limit."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cores: float) -> None:
+        self.cores = cores
+        self.groups: list[Path] = []
+        v2, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+        if (v2 / "cgroup.controllers").exists() and "cpu" in (v2 / "cgroup.subtree_control").read_text().split():
+            self.root, self.v2 = v2, True
+        elif (v1 / "cpu.cfs_quota_us").exists():
+            self.root, self.v2 = v1, False
+        else:
+            self.root = None
+        self.why_not = None if self.root else "no cgroup cpu controller"
+        if self.root and not os.access(self.root, os.W_OK):
+            self.root, self.why_not = None, "the cgroup tree is not writable (not root?)"
+
+    def __bool__(self) -> bool:
+        return self.root is not None and self.cores > 0
+
+    def apply(self, pid: int) -> None:
+        group = self.root / f"pbxbridge-bench-{pid}"
+        group.mkdir()
+        self.groups.append(group)
+        quota = int(self.cores * self.PERIOD_US)
+        if self.v2:
+            (group / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        (group / "cgroup.procs").write_text(str(pid))
+
+    def release(self) -> None:
+        """Remove the groups (their processes have exited)."""
+        for group in self.groups:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        self.groups.clear()
+
+
 @dataclass
 class Result:
     name: str
@@ -197,7 +248,7 @@ async def leases_taken(js, bucket: str, feeds: int) -> bool:
 
 async def scenario(
     name: str, *, url: str, js, sims: list[SimProcess], feeds: int, interval: float, replicas: int,
-    window: float, workdir: Path,
+    window: float, workdir: Path, cap: CpuCap | None = None,
 ) -> Result:
     prefix = "s" + uuid.uuid4().hex[:8]
     config = workdir / f"{prefix}.toml"
@@ -215,6 +266,8 @@ async def scenario(
             sys.executable, "-m", "services.poller", cwd=REPO, env={**env, "PBX_INSTANCE": f"replica-{r}"},
             stdout=log, stderr=asyncio.subprocess.STDOUT,
         ))
+        if cap:
+            cap.apply(procs[-1].pid)
     bucket = f"{prefix}_leases"
     try:
         while not await leases_taken(js, bucket, feeds):
@@ -257,6 +310,8 @@ async def scenario(
             except asyncio.TimeoutError:
                 p.kill()
                 await p.wait()
+        if cap:
+            cap.release()
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -277,12 +332,17 @@ async def main(args: argparse.Namespace) -> None:
             results += [one, three]
             if not args.skip_saturation:
                 common["feeds"] = args.saturate_feeds
-                sat1 = await scenario("saturated", interval=args.saturate_interval, replicas=1, **common)
+                cap = CpuCap(args.replica_cpus)
+                label = f"saturated, each replica capped at {args.replica_cpus:g} cores" if cap else "saturated"
+                if not cap and args.replica_cpus > 0:
+                    print(f"\n(replicas not capped: {cap.why_not})")
+                sat1 = await scenario(label, interval=args.saturate_interval, replicas=1, cap=cap, **common)
                 sat1.print()
-                sat3 = await scenario("saturated", interval=args.saturate_interval, replicas=3, **common)
+                sat3 = await scenario(label, interval=args.saturate_interval, replicas=3, cap=cap, **common)
                 sat3.print()
                 print(f"\nthroughput three replicas / one, each CPU-bound: {sat3.polls_per_second / sat1.polls_per_second:.2f}x "
-                      f"(goal >= 2.7x; this host has {os.cpu_count()} cores for the replicas, the simulators and nats-server)")
+                      f"(goal >= 2.7x; {f'each replica capped at {args.replica_cpus:g} cores, ' if cap else ''}"
+                      f"this host has {os.cpu_count()} cores for the replicas, the simulators and nats-server)")
             print(f"one process at {args.feeds} feeds every {args.interval:g}s: {one.cpu[0]:.2f} cores (goal < 0.25), "
                   f"{one.polls_per_second:.0f} of {args.feeds / args.interval:.0f} polls/s, "
                   f"{one.ms_per_poll * args.feeds / args.interval / 1000:.2f} cores at full demand, "
@@ -311,4 +371,6 @@ if __name__ == "__main__":
     parser.add_argument("--saturate-interval", type=float, default=0.25,
                         help="interval at which one replica is CPU-bound, for the 1-vs-3 ratio")
     parser.add_argument("--skip-saturation", action="store_true", help="only the steady scenarios")
+    parser.add_argument("--replica-cpus", type=float, default=0.15,
+                        help="CPU limit per replica in the saturated scenarios, in cores (0: uncapped)")
     asyncio.run(main(parser.parse_args()))

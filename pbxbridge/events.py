@@ -14,6 +14,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class Phone(BaseModel):
+    model_config = ConfigDict(frozen=True)  # shared between events: ``phones.phone``
+
     raw: str | None = Field(description="as the vendor wrote it")
     e164: str | None = Field(description="E.164, or null when it is not a possible phone number for its region")
     valid: bool = Field(False, description="whether the phone library knows the number's block as allocated")

@@ -8,8 +8,12 @@ vendor document's example, may be possible and not valid; its E.164 form is stil
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import phonenumbers
 from phonenumbers import PhoneNumber, ValidationResult
+
+from pbxbridge.events import Phone
 
 
 def _parse(raw: str | int | None, region: str) -> PhoneNumber | None:
@@ -64,3 +68,11 @@ def phone_field(raw: str | int | None, region: str) -> dict[str, str | bool | No
         "e164": None if number is None else phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),
         "valid": number is not None and phonenumbers.is_valid_number(number),
     }
+
+
+@lru_cache(maxsize=4096)
+def phone(raw: str | int | None, region: str) -> Phone:
+    """``phone_field`` as the event model, made once per number and region and shared by every
+    event that carries it (``Phone`` is frozen): a poll's page repeats a few numbers thousands
+    of times, and an event validates a ready ``Phone`` at half the cost of its dict."""
+    return Phone.model_validate(phone_field(raw, region))

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry.propagate import inject
+
+from pbxbridge.bus.stream_publisher import EncodedHeaders, encode_headers
 from pydantic_core import from_json, to_json
 
 SPECVERSION = "1.0"
@@ -145,16 +147,23 @@ class CloudEvent:
 class HeaderTemplate:
     """A batch of events of one type from one source (a poll's events) share every header but
     ``ce-id``, ``ce-time`` and ``Nats-Msg-Id``: the headers are built once by
-    ``CloudEvent.headers`` (so whatever it adds goes into every event) and copied per event."""
+    ``CloudEvent.headers`` (so whatever it adds goes into every event) and copied per event,
+    their wire form too (``EncodedHeaders``: what ``StreamPublisher`` sends as it is)."""
 
-    __slots__ = ("base",)
+    __slots__ = ("base", "wire_head")
+
+    _PER_EVENT = ("ce-id", "Nats-Msg-Id", "ce-time")
 
     def __init__(self, base: dict[str, str]) -> None:
         self.base = base
+        shared = {k: v for k, v in base.items() if k not in self._PER_EVENT}
+        self.wire_head = encode_headers(shared)[:-2]  # without the blank line that ends the block
 
-    def __call__(self, id: str, time: str) -> dict[str, str]:
-        """``time`` as ``format_time`` gives it."""
-        h = self.base.copy()
+    def __call__(self, id: str, time: str) -> EncodedHeaders:
+        """``id`` as ``IdMaker`` and ``time`` as ``format_time`` give them (no line breaks)."""
+        h = EncodedHeaders(self.base)
         h["ce-id"] = h["Nats-Msg-Id"] = id
         h["ce-time"] = time
+        h.wire = b"%sce-id: %s\r\nNats-Msg-Id: %s\r\nce-time: %s\r\n\r\n" % (
+            self.wire_head, id.encode(), id.encode(), time.encode())
         return h

@@ -7,17 +7,32 @@ from datetime import datetime
 
 import av
 import pytest
+from pydantic import ValidationError
 
 from pbxbridge.vendors.errors import VendorAuthError, VendorPermanentError
 from pbxbridge.vendors.simulator import SimError
 from pbxbridge.vendors.yemot import Client, Simulator
-from pbxbridge.vendors.yemot.operations import ISRAEL, SmsRow
+from pbxbridge.vendors.yemot.operations import ISRAEL, SmsRow, parse_server_date
 
 
 def test_server_date_is_time_first_israel_local() -> None:
     """'22:40:54 2024-07-30' parses to an aware datetime in Israel time; numbers become text."""
     row = SmsRow.model_validate({"dest": 97277313777, "phone": 972527654321, "message": "x", "server_date": "22:40:54 2024-07-30"})
     assert row.server_date == datetime(2024, 7, 30, 22, 40, 54, tzinfo=ISRAEL) and row.phone == "972527654321"
+
+
+@pytest.mark.parametrize("value", ["22:40:54 2024-07-30", "2024-07-30 22:40:54", " 09:05:01 2024-01-02 ", "9:05:01 2024-01-02"])
+def test_server_date_fast_path_agrees_with_strptime(value: str) -> None:
+    """Both orders Yemot writes, padded or not, read as strptime reads them."""
+    fmt = "%H:%M:%S %Y-%m-%d" if value.strip()[2] == ":" or value.strip()[1] == ":" else "%Y-%m-%d %H:%M:%S"
+    assert parse_server_date(value) == datetime.strptime(value.strip(), fmt).replace(tzinfo=ISRAEL)
+
+
+@pytest.mark.parametrize("value", ["22:40:54 2024-13-30", "22:4a:54 2024-07-30", "2024-02-30 22:40:54", "22:40:54 2024/07/30", "24:00:00 2024-07-30"])
+def test_server_date_that_is_no_date_is_refused(value: str) -> None:
+    """A row whose date is not a real date is a malformed row, not a guess."""
+    with pytest.raises(ValidationError):
+        SmsRow.model_validate({"dest": 1, "phone": 2, "message": "x", "server_date": value})
 
 
 async def test_error_reply_carries_message_code() -> None:

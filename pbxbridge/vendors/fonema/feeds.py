@@ -28,9 +28,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from pbxbridge.config import Account
-from pbxbridge.events import AgentStatusChanged, CallEnded, CallStarted, RecordingRef, VoicemailReceived
+from pbxbridge.events import AgentStatusChanged, CallEnded, CallStarted, Phone, RecordingRef, VoicemailReceived
 from pbxbridge.feeds import EntityChange, Feed, FetchWindow, Observation, StateFeed
-from pbxbridge.phones import phone_field
+from pbxbridge.phones import phone
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import MalformedReplyError, VendorPermanentError
 from pbxbridge.vendors.fonema.operations import MADRID, Call, CallDisposition, OnCall, VoiceMailMessage
@@ -81,8 +81,8 @@ async def pages(client: VendorClient, operation: str, query: dict[str, Any], row
         page += 1
 
 
-def _phone(raw: Any, account: Account) -> dict[str, Any]:
-    return phone_field(None if raw is None else str(raw), account.options.phone_region)
+def _phone(raw: Any, account: Account) -> Phone:
+    return phone(None if raw is None else str(raw), account.options.phone_region)
 
 
 # ---- call history: getCallsPost -> call.ended ------------------------------------------

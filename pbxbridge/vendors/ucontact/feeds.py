@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 from pbxbridge.config import Account
 from pbxbridge.events import AgentStatusChanged, CallEnded, CampaignStatusChanged, QueueStatusChanged
 from pbxbridge.feeds import EntityChange, Feed, FetchWindow, Observation, StateFeed
-from pbxbridge.phones import phone_field
+from pbxbridge.phones import phone
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import MalformedReplyError
 from pbxbridge.vendors.ucontact.operations import (
@@ -143,8 +143,8 @@ def cdr_event(entry: CdrEntry, account: Account) -> dict[str, Any]:
     return {
         "call_id": row.guid,
         "direction": direction(row.campaign or ""),
-        "from": phone_field(row.source or None, region),
-        "to": phone_field(row.destination or None, region),
+        "from": phone(row.source or None, region),
+        "to": phone(row.destination or None, region),
         "agent": row.agent or None,
         # A uContact campaign is the queue its calls wait in (campaignstatus takes it as "queue").
         "queue": row.campaign or None,

@@ -18,20 +18,19 @@ ISRAEL = ZoneInfo("Asia/Jerusalem")
 
 
 def _fixed(value: str) -> datetime | None:
-    """``HH:MM:SS YYYY-MM-DD`` (or ``YYYY-MM-DD HH:MM:SS``), zero-padded, without strptime
-    (~1 us instead of ~15); None for anything else, which strptime then judges."""
+    """``HH:MM:SS YYYY-MM-DD`` (or ``YYYY-MM-DD HH:MM:SS``), zero-padded, read by
+    ``fromisoformat`` once its fields are in ISO order (~1 us; strptime takes ~15); None for
+    anything else, which strptime then judges."""
     if len(value) != 19 or not value.isascii():
         return None
     if value[2] == ":" and value[5] == ":" and value[8] == " " and value[13] == "-" and value[16] == "-":
-        parts = value[9:13], value[14:16], value[17:19], value[0:2], value[3:5], value[6:8]
+        iso = f"{value[9:]}T{value[:8]}"
     elif value[4] == "-" and value[7] == "-" and value[10] == " " and value[13] == ":" and value[16] == ":":
-        parts = value[0:4], value[5:7], value[8:10], value[11:13], value[14:16], value[17:19]
+        iso = value
     else:
         return None
-    if not all(p.isdigit() for p in parts):
-        return None
     try:
-        return datetime(*map(int, parts), tzinfo=ISRAEL)  # type: ignore[misc]
+        return datetime.fromisoformat(iso).replace(tzinfo=ISRAEL)
     except ValueError:
         return None
 
