@@ -391,8 +391,8 @@ class Claim:
         ``in_progress``) as often, while the body runs.
 
         A timer, not a task: most bodies end long before the first beat is due, and a task per
-        claim (created, cancelled, awaited) cost ~2 % of the commander's CPU. The heartbeat task
-        starts when the first beat is due."""
+        claim was created, cancelled and awaited for nothing. The heartbeat task starts when the
+        first beat is due."""
         every = every or self.ttl / 3
         loop = asyncio.get_running_loop()
         task: asyncio.Task | None = None
