@@ -16,7 +16,9 @@ Per round the sender:
 The commander counts its ledger KV operations (get/create/update/put/delete on the ledger
 bucket) and reports its process CPU time over a NATS request (``<prefix>.bench.stats``):
 KV ops and CPU ms per command are the deltas over the concurrent phase. ``BENCH_PROFILE=<file>``
-writes a cProfile of the commander process there.
+writes a cProfile of the commander process there; ``BENCH_LOOP=uvloop`` runs the commander on
+uvloop. Besides CPU ms per command, ``sys_ms_per_cmd`` is the kernel's share of it and
+``gc_ms_per_cmd`` the cyclic garbage collector's (timed through ``gc.callbacks``).
 
 On a shared machine, compare builds in the same run (one checkout each, rounds interleaved):
 the commander's CPU per command is the figure that decides commands/s per process
@@ -103,12 +105,39 @@ async def run_commander(nats_url: str, sim_url: str, prefix: str, data_dir: str,
 
         setattr(nats.js.kv.KeyValue, name, counted)
 
+    try:  # the ledger's creates and updates without the kv API (absent from older checkouts)
+        from pbxbridge.bus.ledger import CasWriter
+    except ImportError:
+        CasWriter = None
+    if CasWriter is not None:
+        cas_write = CasWriter.write
+
+        def cas_counted(self, key, value, revision):  # noqa: ANN001, ANN202
+            if self.prefix.endswith("_ledger."):
+                ops["update" if revision else "create"] += 1
+            return cas_write(self, key, value, revision)
+
+        CasWriter.write = cas_counted
+
+    import gc
+
+    gc_time, gc_started = [0.0], [0.0]
+
+    def gc_timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[0] = time.process_time()
+        else:
+            gc_time[0] += time.process_time() - gc_started[0]
+
+    gc.callbacks.append(gc_timer)
     settings = _settings(nats_url, prefix, data_dir, concurrency)
     config = Config(settings=settings, accounts=[_account(sim_url, concurrency)])
     stop = asyncio.Event()
     async with open_bus(settings, name="bench-commander") as bus:
         async def stats(msg) -> None:  # noqa: ANN001
-            await msg.respond(json.dumps({"kv": dict(ops), "cpu": time.process_time()}).encode())
+            t = os.times()
+            await msg.respond(json.dumps({"kv": dict(ops), "cpu": time.process_time(), "sys": t.system,
+                                          "gc": gc_time[0]}).encode())
 
         await bus.nc.subscribe(f"{prefix}.bench.stats", cb=stats)
         loop = asyncio.get_running_loop()
@@ -232,6 +261,8 @@ async def main(args: argparse.Namespace) -> None:
                         "kv_ops_per_cmd": sum(kv.values()) / args.commands,
                         "kv": {k: round(v / args.commands, 2) for k, v in kv.items() if v},
                         "cpu_ms_per_cmd": (after["cpu"] - before["cpu"]) / args.commands * 1e3,
+                        "sys_ms_per_cmd": (after["sys"] - before["sys"]) / args.commands * 1e3,
+                        "gc_ms_per_cmd": (after["gc"] - before["gc"]) / args.commands * 1e3,
                     }
                     del direct_serial
                     rows.append(row)
@@ -257,6 +288,12 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--sim"]:
         asyncio.run(run_simulator())
     elif sys.argv[1:2] == ["--commander"]:
+        # BENCH_LOOP=uvloop: the commander on uvloop's event loop (what ``faststream run`` picks
+        # when uvloop is installed); asyncio's own loop otherwise (``pbxbridge run``).
+        if os.environ.get("BENCH_LOOP") == "uvloop":
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         if os.environ.get("BENCH_PROFILE"):  # cProfile the commander process into this file
             import cProfile
 

@@ -11,8 +11,9 @@ Where the context travels:
 - out: ``CloudEvent.headers`` injects the current context (``traceparent``, ``tracestate``)
   into every message pbxbridge builds: commands sent through the SDK, results, jobs, events,
   dead letters. ``Bus.publish`` does so inside a PRODUCER span, the poller inside its poll;
-- in: FastStream's ``NatsTelemetryMiddleware`` on the commander's and recordings worker's
-  brokers extracts it and runs the handler under a CONSUMER span;
+- in: FastStream's ``NatsTelemetryMiddleware`` on the recordings worker's broker extracts it
+  and runs the handler under a CONSUMER span; the commander (nats-py directly) does the same
+  through ``consuming``;
 - to vendors: ``opentelemetry-instrumentation-httpx`` on each vendor client makes a CLIENT span
   per request, scrubbed of secrets (``scrub_span``) before it ends.
 
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.propagate import extract
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -136,6 +138,23 @@ def publishing(subject: str, message_id: str | None = None, count: int = 1) -> I
         attributes["messaging.batch.message_count"] = count
     with _tracer.start_as_current_span(f"{subject} publish", kind=SpanKind.PRODUCER, attributes=attributes):
         yield
+
+
+def consuming(subject: str, headers: dict[str, str], size: int = 0) -> contextlib.AbstractContextManager:
+    """A CONSUMER span named as FastStream names its own (``<subject> process``) around the
+    handling of one message, continuing the trace its ``traceparent`` carries; nothing when
+    tracing is off. (The commander consumes with nats-py directly: see its worker.)"""
+    if _provider is None:
+        return contextlib.nullcontext()
+    attributes: dict[str, Any] = {
+        "messaging.system": "nats", "messaging.destination.name": subject, "messaging.operation": "process",
+        "messaging.message.body.size": size,
+    }
+    if headers.get("Nats-Msg-Id"):
+        attributes["messaging.message.id"] = headers["Nats-Msg-Id"]
+    return _tracer.start_as_current_span(
+        f"{subject} process", context=extract(headers), kind=SpanKind.CONSUMER, attributes=attributes,
+    )
 
 
 # ---- instrumentation -----------------------------------------------------------------------

@@ -15,9 +15,32 @@ from pbxbridge.commands import Result
 TTL = 0.6
 
 
-@pytest.fixture
-async def ledger(bus: Bus) -> Ledger:
-    return Ledger(await bus.js.key_value(bus.names.ledger))
+@pytest.fixture(params=["cas", "kv"])
+async def ledger(bus: Bus, request: pytest.FixtureRequest) -> Ledger:
+    """The ledger as it runs (creates and updates through ``CasWriter``), and with every write
+    through nats-py's kv API (what it falls back to)."""
+    ledger = Ledger(await bus.js.key_value(bus.names.ledger))
+    assert ledger._cas is not None  # the installed nats-py offers StreamPublisher's seam
+    if request.param == "kv":
+        ledger._cas = None
+    return ledger
+
+
+def patch_writes(ledger: Ledger, monkeypatch: pytest.MonkeyPatch, kind: str, make) -> None:  # noqa: ANN001
+    """Install ``make(original)`` as the ledger's ``kind`` writes (``create`` or ``update``),
+    beneath ``Ledger.write``, on whichever path the ledger uses."""
+    if ledger._cas is None:
+        monkeypatch.setattr(ledger.kv, kind, make(getattr(ledger.kv, kind)))
+        return
+    original = ledger._cas.write
+    patched = make(original)
+
+    async def write(key: str, value: bytes, revision: int | None) -> int:
+        if (revision is None) == (kind == "create"):
+            return await patched(key, value, revision)
+        return await original(key, value, revision)
+
+    monkeypatch.setattr(ledger._cas, "write", write)
 
 
 async def wait_for(predicate, timeout: float, what: str) -> None:
@@ -140,17 +163,18 @@ async def test_claim_writes_wait_out_a_bucket_without_leader(ledger: Ledger, mon
     import nats.js.errors
 
     claim = await take(ledger, "k.election", ttl=3.0)
-    update = ledger.kv.update
     refusals = 0
 
-    async def electing(*args, **kwargs):
-        nonlocal refusals
-        if refusals < 3:
-            refusals += 1
-            raise nats.js.errors.NoStreamResponseError
-        return await update(*args, **kwargs)
+    def make(update):  # noqa: ANN001, ANN202
+        async def electing(*args, **kwargs):
+            nonlocal refusals
+            if refusals < 3:
+                refusals += 1
+                raise nats.js.errors.NoStreamResponseError
+            return await update(*args, **kwargs)
+        return electing
 
-    monkeypatch.setattr(ledger.kv, "update", electing)
+    patch_writes(ledger, monkeypatch, "update", make)
     stored = await claim.finish(result=a_result())
     assert refusals == 3 and stored.state == "done"
     assert (await ledger.read("k.election"))[0].state == "done"
@@ -166,7 +190,7 @@ async def test_claim_writes_give_up_before_the_claim_expires(ledger: Ledger, mon
     async def silent(*args, **kwargs):
         raise nats.js.errors.NoStreamResponseError
 
-    monkeypatch.setattr(ledger.kv, "update", silent)
+    patch_writes(ledger, monkeypatch, "update", lambda _: silent)
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await claim.finish(result=a_result())
     assert (await ledger.read("k.silent"))[0].live()  # still ours when we gave up
@@ -200,18 +224,19 @@ async def test_a_claim_whose_reply_was_lost_is_recognised_as_taken(ledger: Ledge
     key = f"k.lost-reply.{how}"
     if how == "claim":  # a key released once: claim() updates it
         await (await take(ledger, key)).release("retrying")
-    write = ledger.kv.create if how == "create_claim" else ledger.kv.update
     lost = 0
 
-    async def landed_but_unanswered(*args, **kwargs):
-        nonlocal lost
-        revision = await write(*args, **kwargs)
-        if lost == 0:
-            lost += 1
-            raise nats.errors.TimeoutError
-        return revision
+    def make(write):  # noqa: ANN001, ANN202
+        async def landed_but_unanswered(*args, **kwargs):
+            nonlocal lost
+            revision = await write(*args, **kwargs)
+            if lost == 0:
+                lost += 1
+                raise nats.errors.TimeoutError
+            return revision
+        return landed_but_unanswered
 
-    monkeypatch.setattr(ledger.kv, "create" if how == "create_claim" else "update", landed_but_unanswered)
+    patch_writes(ledger, monkeypatch, "create" if how == "create_claim" else "update", make)
     claim = await (ledger.create_claim(key, holder="w1", ttl=3.0) if how == "create_claim"
                    else ledger.claim(key, holder="w1", ttl=3.0))
     assert lost == 1 and isinstance(claim, Claim)
@@ -232,3 +257,30 @@ async def test_mark_published_with_a_stale_revision_reads_again(ledger: Ledger) 
     await ledger.mark_published("k.pub", stored, claim.revision)  # stale: a no-op on a published entry
     entry, again = await ledger.read("k.pub")
     assert entry.published and again == revision
+
+
+async def test_a_key_deleted_before_is_claimed_again(ledger: Ledger) -> None:
+    """A ledger key deleted by hand (a tombstone in the bucket) is new again: one create claims it,
+    as nats-py's kv.create does over a tombstone (the CAS writer falls back to it)."""
+    claim = await take(ledger, "k.deleted")
+    await claim.finish(result=a_result())
+    await ledger.kv.delete("k.deleted")
+    again = await ledger.create_claim("k.deleted", holder="w2", ttl=TTL)
+    assert isinstance(again, Claim)
+    entry, revision = await ledger.read("k.deleted")
+    assert entry.state == "running" and entry.owner == again.owner and revision == again.revision
+
+
+async def test_cas_writes_lose_as_the_kv_api_does(ledger: Ledger) -> None:
+    """A stale revision and a create over a live key are conflicts on either path; nothing is written."""
+    from pbxbridge.bus.ledger import LedgerConflict
+
+    claim = await take(ledger, "k.cas")
+    stale = claim.revision
+    await claim.renew()
+    with pytest.raises(LedgerConflict):
+        await ledger.write("k.cas", claim.running(), stale)
+    with pytest.raises(LedgerConflict):
+        await ledger.write("k.cas", claim.running(), None)
+    entry, revision = await ledger.read("k.cas")
+    assert revision == claim.revision and entry.owner == claim.owner

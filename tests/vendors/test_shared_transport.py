@@ -51,3 +51,20 @@ async def test_a_reply_too_slow_is_a_timeout(pool: httpx.AsyncBaseTransport) -> 
         async with Client(sim.account(timeout=0.5), transport=SharedTransport(pool)) as client:
             with pytest.raises(VendorTimeout):
                 await client.call(PROBE, PARAMS)
+
+
+def test_query_url_without_parsing_is_the_parsed_url() -> None:
+    """``with_query`` (a parsed base URL given a query without parsing it again) builds the URL
+    httpx itself would parse, for every kind of value a query can carry."""
+    import httpx
+
+    from pbxbridge.vendors.client import _with_query_fast, _with_query_parsing, with_query
+
+    assert with_query is _with_query_fast  # the fast path is in use with this httpx
+    for base in ("http://127.0.0.1:8080/GetQueueRealTime", "https://h.example/a%20b/ivr2/Op", "http://[::1]:9/x"):
+        for query in ({"queuePath": "ivr2:/5", "token": "123:pa ss+w/rd"},
+                      {"s": "é ü 日本 \U0001f600 %41 %zz &=?#", "n": 0, "b": False, "f": 2.5, "none": None, "e": ""},
+                      {"k y": "v", "a&b": "c=d"}):
+            fast, parsed = _with_query_fast(httpx.URL(base), query), _with_query_parsing(httpx.URL(base), query)
+            assert str(fast) == str(parsed) and fast == parsed
+            assert (fast.raw_path, fast.query, fast.host, fast.port) == (parsed.raw_path, parsed.query, parsed.host, parsed.port)
