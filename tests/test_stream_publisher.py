@@ -98,3 +98,16 @@ async def test_the_installed_nats_py_offers_the_seam(bus) -> None:
     """The poller's publisher needs nats-py's outgoing buffer; an upgrade that moves it makes
     this fail, rather than the poller falling back to publish_async unnoticed."""
     assert supported(bus.nc)
+
+
+async def test_an_ack_that_never_comes_is_a_nats_timeout(bus) -> None:
+    """publish_and_wait raises nats-py's TimeoutError, as js.publish does, when a subject has a
+    listener but no stream answers; the abandoned future is forgotten."""
+    subject = f"{bus.settings.prefix}.silent"
+    listener = await bus.nc.subscribe(subject)  # someone listens: the server sends no "no responders"
+    publisher = StreamPublisher.for_connection(bus.nc)
+    with pytest.raises(nats.errors.TimeoutError):
+        await publisher.publish_and_wait(subject, b"x", headers={}, timeout=0.2)
+    await listener.unsubscribe()  # or closing the bus drains it for 30 s
+    await asyncio.sleep(0)
+    assert not publisher.futures

@@ -277,13 +277,10 @@ class CasWriter:
 
     async def write(self, key: str, value: bytes, revision: int | None) -> int:
         """The new revision; raises as nats-py's kv API does (``APIError`` for a lost CAS)."""
-        acked = await self.publisher.publish(
-            self.prefix + key, value, headers={"Nats-Expected-Last-Subject-Sequence": str(revision or 0)})
-        try:
-            async with asyncio.timeout(self.timeout):
-                return (await acked).seq
-        except TimeoutError:
-            raise nats.errors.TimeoutError from None
+        ack = await self.publisher.publish_and_wait(
+            self.prefix + key, value, headers={"Nats-Expected-Last-Subject-Sequence": str(revision or 0)},
+            timeout=self.timeout)
+        return ack.seq
 
 
 # nats-py's rule for KV keys (nats/js/kv.py), with its checks for a leading or trailing dot.

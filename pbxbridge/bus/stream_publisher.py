@@ -138,6 +138,18 @@ class StreamPublisher:
             await nc._flush_pending()
         return future
 
+    async def publish_and_wait(self, subject: str, body: bytes, *, headers: Mapping[str, str], timeout: float) -> Ack:
+        """``publish`` and its ack, as ``js.publish`` gives it: the same errors, and
+        ``nats.errors.TimeoutError`` when no ack comes within ``timeout`` seconds."""
+        acked = await self.publish(subject, body, headers=headers)
+        try:
+            async with asyncio.timeout(timeout):
+                return await acked
+        except TimeoutError:
+            if acked.cancelled():  # the timeout's doing, not an error the ack carried
+                raise nats.errors.TimeoutError from None
+            raise
+
     async def _on_ack(self, msg: Msg) -> None:
         try:
             number = int(msg.subject[len(self.inbox):])
