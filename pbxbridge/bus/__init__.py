@@ -16,7 +16,6 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from pbxbridge import tracing
-from pbxbridge.bus import stream_publisher
 from pbxbridge.bus.connection import NatsConnection, nats_connection
 from pbxbridge.bus.embedded import EmbeddedNats, port_is_free
 from pbxbridge.bus.envelope import CloudEvent
@@ -71,8 +70,8 @@ class Bus:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + retry_for
         # js.publish's request and PubAck cost about twice as much CPU (stream_publisher.py).
-        publish = (StreamPublisher.for_connection(self.nc).publish_and_wait if stream_publisher.supported(self.nc)
-                   else self.js.publish)
+        publisher = StreamPublisher.for_connection(self.nc)
+        publish = publisher.publish_and_wait if publisher is not None else self.js.publish
         while True:
             try:
                 return await publish(subject, body, headers=headers, timeout=timeout)

@@ -57,7 +57,6 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, Field
 
-from pbxbridge.bus import stream_publisher
 from pbxbridge.bus.envelope import utcnow
 from pbxbridge.bus.stream_publisher import StreamPublisher
 from pbxbridge.commands import Result
@@ -257,8 +256,7 @@ class CasWriter:
     ``NoStreamResponseError``, no answer in the JetStream timeout ``nats.errors.TimeoutError``),
     without ``Client.request``'s ``wait_for``, a regex per header and a ``PubAck`` built by field
     introspection: 30 -> 18-22 us of CPU per write at 64 in flight, three writes per command.
-    ``StreamPublisher`` is the poller's seam into nats-py's outgoing buffer; without it
-    (``supported``), or for a key nats-py's own rule refuses, the ledger uses the kv API."""
+    ``StreamPublisher`` is the poller's seam into nats-py's outgoing buffer; without it, or for a key nats-py's own rule refuses, the ledger uses the kv API."""
 
     def __init__(self, publisher: StreamPublisher, prefix: str, timeout: float) -> None:
         self.publisher, self.prefix, self.timeout = publisher, prefix, timeout
@@ -267,9 +265,10 @@ class CasWriter:
     def for_bucket(cls, kv: KeyValue) -> "CasWriter | None":
         js = getattr(kv, "_js", None)
         nc, prefix = getattr(js, "_nc", None), getattr(kv, "_pre", None)
-        if nc is None or not isinstance(prefix, str) or not stream_publisher.supported(nc):
+        publisher = StreamPublisher.for_connection(nc)
+        if publisher is None or not isinstance(prefix, str):
             return None
-        return cls(StreamPublisher.for_connection(nc), prefix, float(getattr(js, "_timeout", None) or 5.0))
+        return cls(publisher, prefix, float(getattr(js, "_timeout", None) or 5.0))
 
     @staticmethod
     def accepts(key: str) -> bool:

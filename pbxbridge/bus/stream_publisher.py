@@ -1,5 +1,6 @@
-"""JetStream publishes for bulk producers (the poller's pages): ``js.publish_async`` without its
-per-message costs.
+"""JetStream publishes without nats-py's per-message costs: the poller's pages (instead of
+``js.publish_async``), the ledger's compare-and-set writes and ``Bus.publish`` (instead of
+``js.publish``'s request).
 
 Per message, nats-py's ``publish_async`` validates every header key with a regex and every value
 with ``str.translate``, draws an id from ``os.urandom``, takes a semaphore and builds a ``PubAck``
@@ -12,7 +13,7 @@ becomes the same nats-py exception).
 
 The frame goes into nats-py's own outgoing buffer through ``Client._send_command`` and its
 flusher, which ``Client.publish`` uses: that private seam is the only one, checked when a
-publisher is made (``supported``); without it callers keep ``js.publish_async``.
+publisher is asked for (``for_connection`` gives None without it: callers keep nats-py's API).
 """
 
 from __future__ import annotations
@@ -91,7 +92,10 @@ class StreamPublisher:
         self._subscribing: asyncio.Lock | None = None
 
     @classmethod
-    def for_connection(cls, nc: NatsClient) -> "StreamPublisher":
+    def for_connection(cls, nc: NatsClient | None) -> "StreamPublisher | None":
+        """The connection's publisher; None where this nats-py lacks the seam (or no connection)."""
+        if nc is None or not supported(nc):
+            return None
         publisher = _publishers.get(nc)
         if publisher is None:
             publisher = _publishers[nc] = cls(nc)

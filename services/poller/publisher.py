@@ -2,9 +2,9 @@
 
 Sequential ``js.publish`` waits a round trip per message (~5k msg/s); ``publish_async`` keeps
 up to ``window`` messages in flight (~30k msg/s), and ``StreamPublisher`` does the same at well
-under half its CPU (~70k msg/s, ``pbxbridge/bus/stream_publisher.py``). The cursor may only move over events that
-JetStream acknowledged, and only over a contiguous prefix of them, so acks are consumed in
-publication order and ``on_acked(n, seq)`` is told "the first n are stored, the last of them
+under half its CPU (~70k msg/s, ``pbxbridge/bus/stream_publisher.py``). The cursor may only
+move over events that JetStream acknowledged, and only over a contiguous prefix of them, so
+acks are consumed in publication order and ``on_acked(n, seq)`` is told "the first n are stored, the last of them
 at stream sequence ``seq``" at checkpoints.
 
 ``stored_after`` reads back what a subject received after a sequence: what a crash between an
@@ -25,7 +25,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from pbxbridge.bus import stream_publisher
+from pbxbridge.bus.stream_publisher import StreamPublisher
 
 
 # Seconds between looks at the connection while an ack is awaited.
@@ -136,9 +136,8 @@ class OrderedPublisher:
 
     def _publish_async(self) -> Callable[..., Awaitable[asyncio.Future]]:
         # The connection's lean publisher when nats-py offers its seam; ``publish_async`` otherwise.
-        if self.connection is not None and stream_publisher.supported(self.connection):
-            return stream_publisher.StreamPublisher.for_connection(self.connection).publish
-        return self.js.publish_async
+        publisher = StreamPublisher.for_connection(self.connection)
+        return publisher.publish if publisher is not None else self.js.publish_async
 
     async def send(self, messages: Sequence[Outgoing]) -> None:
         pending, sent_on, window, publish = self.pending, self.sent_on, self.window, self._publish_async()
