@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry.propagate import inject
+from pydantic_core import from_json, to_json
 
 from pbxbridge.bus.stream_publisher import EncodedHeaders, encode_headers
-from pydantic_core import from_json, to_json
 
 SPECVERSION = "1.0"
 _NAMESPACE = uuid.UUID("6f1c2b1e-4a57-4c1e-9a43-3c0d5b7f2a10")  # pbxbridge's, fixed forever
