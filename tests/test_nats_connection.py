@@ -35,6 +35,7 @@ from pbxbridge.bus import BusUnreachable, connect_nats, open_bus
 from pbxbridge.bus.connection import NatsCredentialsError, nats_connection
 from pbxbridge.bus.embedded import free_port
 from pbxbridge.config import ConfigError, Settings, load_settings
+from support import server_has_read
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ async def _round_trip(settings: Settings) -> None:
     nc = await connect_nats(connection, name="test", timeout=5)
     try:
         sub = await nc.subscribe("hello")
-        await nc.flush()
+        await server_has_read(nc)
         broker = NatsBroker(**connection.broker_kwargs(), logger=None)
         async with asyncio.timeout(10), broker:  # a refused broker would retry for ever
             await broker.start()

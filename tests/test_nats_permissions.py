@@ -59,6 +59,7 @@ from pbxbridge.bus.ledger import Ledger, LedgerEntry
 from pbxbridge.bus.subjects import Subjects
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Settings
+from support import server_has_read
 
 ROOT = Path(__file__).resolve().parent.parent
 NATS_DIR = ROOT / "deploy" / "nats"
@@ -137,19 +138,19 @@ class Conn:
 
     async def refused_publish(self, subject: str) -> bool:
         await self.nc.publish(subject, b"{}")
-        await self.nc.flush()
+        await server_has_read(self.nc)
         return bool(await self.violations(f'publish to "{subject}"'))
 
     async def refused_subscribe(self, subject: str) -> bool:
         sub = await self.nc.subscribe(subject)
-        await self.nc.flush()
+        await server_has_read(self.nc)
         refused = bool(await self.violations(f'subscription to "{subject}"'))
         await sub.unsubscribe()
         return refused
 
     async def quiet(self, wait: float = 0.3) -> list[str]:
         """Violations reported so far (none expected)."""
-        await self.nc.flush()
+        await server_has_read(self.nc)
         await asyncio.sleep(wait)
         return [e for e in self.errors if "permissions violation" in e]
 
@@ -396,12 +397,12 @@ async def test_app(provisioned: Settings, server: Server, connect) -> None:
     js = app.js
     live = await app.nc.subscribe(S.all_events)
     results = await app.nc.subscribe(S.all_results)
-    await app.nc.flush()
+    await server_has_read(app.nc)
     subject = S.event("yemot", "acme", "agent.status.changed")
     await poller.js.publish(subject, b'{"agent": "101"}', headers=_event_headers("app-ev-1"))
     try:
         assert (await live.next_msg(timeout=5)).subject == subject
-    except nats.errors.TimeoutError:  # seen twice in full runs, never alone: say what the server saw
+    except nats.errors.TimeoutError:
         pytest.fail(f"no live event; app errors {app.errors}, poller errors {poller.errors}, "
                     f"server log: {server.log.read_text()[-3000:]}")
     # the SDK's tail: an ordered consumer on the events stream
@@ -535,7 +536,7 @@ async def test_real_workers_under_their_own_users(provisioned: Settings, server:
     app, admin = await connect("app"), await connect("admin")
     events: asyncio.Queue = asyncio.Queue()
     await app.nc.subscribe(S.all_events, cb=events.put)
-    await app.nc.flush()
+    await server_has_read(app.nc)
     log_start = server.log.stat().st_size
     async with load("yemot").Simulator(activity=False) as yemot, load("fonema").Simulator(activity=False) as fonema:
         # The poller watches Yemot's SMS (the simulator starts with a few); the commander and the

@@ -24,6 +24,19 @@ from pbxbridge.vendors.operation import Operation
 from pbxbridge.vendors.yemot import Simulator as YemotSimulator
 
 
+async def server_has_read(nc) -> None:  # noqa: ANN001  (nats-py's Client)
+    """Return once the server has read every command sent on ``nc`` so far (a SUB before a
+    publish that must reach it, a forbidden PUB before looking for its -ERR).
+
+    ``nc.flush()`` alone does not promise that in nats-py 2.16: its PING is written straight to
+    the socket, ahead of commands still in the client's outgoing buffer, so its PONG can come
+    back before the server has seen them (test_app missed its first live event 1 run in ~12).
+    The buffer's flusher runs while the first PING is answered; a second PING follows what it
+    wrote, and its PONG means the server has read all of it."""
+    await nc.flush()
+    await nc.flush()
+
+
 async def wait_for(
     predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition", *, every: float = 0.05,
 ) -> Any:
