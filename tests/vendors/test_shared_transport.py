@@ -1,6 +1,6 @@
 """The pollers' shared aiohttp-backed transport behaves as httpx's own under the vendor client:
 the same errors for a refused connection and a reply too slow, and one client closing leaves
-it to the others."""
+it to the others. The client's shortcuts to httpx's requests build what httpx builds."""
 
 from __future__ import annotations
 
@@ -64,7 +64,26 @@ def test_query_url_without_parsing_is_the_parsed_url() -> None:
     for base in ("http://127.0.0.1:8080/GetQueueRealTime", "https://h.example/a%20b/ivr2/Op", "http://[::1]:9/x"):
         for query in ({"queuePath": "ivr2:/5", "token": "123:pa ss+w/rd"},
                       {"s": "é ü 日本 \U0001f600 %41 %zz &=?#", "n": 0, "b": False, "f": 2.5, "none": None, "e": ""},
-                      {"k y": "v", "a&b": "c=d"}):
+                      {"k y": "v", "a&b": "c=d"}, {"long": "é x/" * 40, "short": "é x/"}):
             fast, parsed = _with_query_fast(httpx.URL(base), query), _with_query_parsing(httpx.URL(base), query)
             assert str(fast) == str(parsed) and fast == parsed
             assert (fast.raw_path, fast.query, fast.host, fast.port) == (parsed.raw_path, parsed.query, parsed.host, parsed.port)
+
+
+def test_requests_built_without_merging_are_httpx_requests() -> None:
+    """``RequestBuilder`` makes the request the client's ``build_request`` makes (method, URL,
+    headers in order, body, timeout), with and without a body, as the credentials change."""
+    from pbxbridge.vendors.client import FAST_REQUESTS, RequestBuilder
+
+    assert FAST_REQUESTS  # the shortcut is in use with this httpx
+    http = httpx.AsyncClient(base_url="http://127.0.0.1:8080/api/", headers={"X-Agent": "pbx"}, timeout=4)
+    builder = RequestBuilder(http)
+    url = http.build_request("GET", "Op?a=%C3%A9").url
+    for token in ("one", "two", "one", *(f"renewed-{n}" for n in range(20))):
+        for method, body in (("GET", {}), ("DELETE", {}), ("POST", {}), ("POST", {"json": {"to": "+972 3"}}),
+                             ("PUT", {"data": {"f": "v w"}})):
+            headers = {"Authorization": f"bearer {token}"}
+            ours, httpx_own = builder.build(method, url, headers=headers, **body), http.build_request(method, url, headers=headers, **body)
+            assert (ours.method, ours.url, ours.headers.raw, ours.content, ours.extensions) == (
+                httpx_own.method, httpx_own.url, httpx_own.headers.raw, httpx_own.content, httpx_own.extensions)
+    assert len(builder._headers) <= RequestBuilder._KEPT  # renewed sessions do not pile up
