@@ -258,10 +258,12 @@ class VendorClient:
         opts = account.options
         register_secrets(account.secret(n) for n in account.credentials)
         # No API call documents a redirect: one is an answer to judge (a login page is an
-        # expired session), not a place to follow with our credentials.
+        # expired session), not a place to follow with our credentials. No per-read limit:
+        # ``_send``'s one limit on the whole exchange always ends first, and aiohttp would set
+        # and cancel a timer for every chunk it reads.
         self._http = httpx.AsyncClient(
-            base_url=account.base_url, transport=transport or default_transport(), timeout=opts.timeout,
-            follow_redirects=False,
+            base_url=account.base_url, transport=transport or default_transport(),
+            timeout=httpx.Timeout(opts.timeout, read=None), follow_redirects=False,
         )
         tracing.instrument_http(self._http)  # a span per request when tracing is on, secrets scrubbed
         self._limiter = AsyncLimiter(opts.rate_per_second, 1.0)
