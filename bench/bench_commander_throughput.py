@@ -11,14 +11,18 @@ Per round the sender:
 - sends commands one at a time and times each from publish to its result (a core subscription on
   the results subject): overhead = command latency - direct latency, at p50 and p99;
 - sends ``--commands`` commands with ``--in-flight`` outstanding: commands/s;
-- calls the simulator directly with as many in flight: the simulator's own ceiling.
+- calls the simulator directly with as many in flight: the vendor client's own rate and its CPU
+  per call (this process's CPU time over the phase: the client is the only work in it).
 
 The commander counts its ledger KV operations (get/create/update/put/delete on the ledger
 bucket) and reports its process CPU time over a NATS request (``<prefix>.bench.stats``):
 KV ops and CPU ms per command are the deltas over the concurrent phase. ``BENCH_PROFILE=<file>``
 writes a cProfile of the commander process there; ``BENCH_LOOP=uvloop`` runs the commander on
 uvloop. Besides CPU ms per command, ``sys_ms_per_cmd`` is the kernel's share of it and
-``gc_ms_per_cmd`` the cyclic garbage collector's (timed through ``gc.callbacks``).
+``gc_ms_per_cmd`` the cyclic garbage collector's (timed through ``gc.callbacks``). Over the same
+phase it reads the CPU time of the sender (itself), nats-server and the simulator (``/proc``) and
+prints, last, the commander's ceiling on a core of its own and the cores the whole bench would
+need at 2,000 commands/s.
 
 On a shared machine, compare builds in the same run (one checkout each, rounds interleaved):
 the commander's CPU per command is the figure that decides commands/s per process
@@ -260,12 +264,15 @@ async def main(args: argparse.Namespace) -> None:
                     wall, _ = await sender.many(args.commands, args.in_flight)
                     sender_cpu = time.process_time() - sender_before
                     after, others_after = await stats(bus, prefix), {k: process_cpu(v) for k, v in others.items()}
+                    direct_before = time.process_time()
                     dwall, _ = await direct(client, args.commands, args.in_flight)
+                    direct_cpu = time.process_time() - direct_before
                     kv = Counter(after["kv"])
                     kv.subtract(before["kv"])
                     row = {
                         "cmd_per_s": args.commands / wall,
                         "direct_per_s": args.commands / dwall,
+                        "direct_cpu_ms_per_call": direct_cpu / args.commands * 1e3,  # the vendor client alone
                         "direct_p50_ms": pct(base, 50) * 1e3, "direct_p99_ms": pct(base, 99) * 1e3,
                         "cmd_p50_ms": pct(serial, 50) * 1e3, "cmd_p99_ms": pct(serial, 99) * 1e3,
                         "overhead_p50_ms": (pct(serial, 50) - pct(base, 50)) * 1e3,
@@ -296,7 +303,8 @@ async def main(args: argparse.Namespace) -> None:
             await server.stop()
     med = {k: statistics.median(row[k] for row in rows) for k in rows[0] if k != "kv"}
     print("median: " + json.dumps({k: round(v, 3) for k, v in med.items()}))
-    print(f"SUMMARY commands/s={med['cmd_per_s']:.0f} (direct client {med['direct_per_s']:.0f}/s) "
+    print(f"SUMMARY commands/s={med['cmd_per_s']:.0f} (direct client {med['direct_per_s']:.0f}/s, "
+          f"{med['direct_cpu_ms_per_call']:.3f} ms of CPU a call) "
           f"overhead p50={med['overhead_p50_ms']:.2f} ms p99={med['overhead_p99_ms']:.2f} ms "
           f"kv_ops/cmd={med['kv_ops_per_cmd']:.2f} {rows[-1]['kv']} cpu/cmd={med['cpu_ms_per_cmd']:.3f} ms")
     # The commander's own ceiling (a core to itself), and the cores the whole bench needs at 2,000/s.

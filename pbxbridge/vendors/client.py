@@ -27,7 +27,9 @@ import aiohttp
 import httpx
 from aiolimiter import AsyncLimiter
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 from pydantic import ValidationError
+import yarl
 
 from pbxbridge import metrics as shared_metrics
 from pbxbridge import tracing
@@ -122,18 +124,81 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class _SpelledHeaders(httpx.Headers):
-    def items(self):  # type: ignore[override]  # what aiohttp copies: every header, spelled as given
-        return [(k.decode(self.encoding), v.decode(self.encoding)) for k, v in self.raw]
+# A request extension: the transport may read the reply whole, at most this many bytes
+# (decompressed), before it returns; a response it read so carries the same extension.
+READ_LIMIT = "pbxbridge.read_limit"
+
+
+class ReplyTooLarge(Exception):
+    """The reply went past ``READ_LIMIT`` while the transport read it."""
 
 
 class VendorTransport(AiohttpTransport):
-    """``httpx_aiohttp.AiohttpTransport`` that sends header names as they were written, like
-    httpx's own transport (it would send them lower-cased)."""
+    """``httpx_aiohttp.AiohttpTransport`` with two differences.
+
+    Header names go out as they were written, as httpx's own transport sends them (it would
+    send them lower-cased). A request carrying ``READ_LIMIT`` whose reply is not compressed
+    (what vendors send) gets that reply read here, counted against the limit as it arrives, and
+    returned in one ``httpx.Response`` that holds it: streaming it through httpx's decoders into
+    a second response cost ~10 % of a vendor call's CPU. A compressed reply streams as the parent
+    streams it, for ``VendorClient._receive`` to read through httpx's decoders."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._timeouts: dict[tuple, aiohttp.ClientTimeout] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        request.headers = _SpelledHeaders(request.headers)
-        return await super().handle_async_request(request)
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        encoding = request.headers.encoding
+        with map_aiohttp_exceptions():
+            try:
+                data = request.content or None
+            except httpx.RequestNotRead:
+                data = request.stream  # type: ignore[assignment]
+                request.headers.pop("transfer-encoding", None)  # aiohttp writes its own
+            reply = await self.client.request(
+                request.method, yarl.URL(str(request.url), encoded=True),  # httpx's URL is encoded already
+                headers=[(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw],
+                data=data, allow_redirects=False, auto_decompress=False, compress=False,
+                timeout=self._timeout(request.extensions.get("timeout", {})),
+                server_hostname=request.extensions.get("sni_hostname"),
+                proxy=str(self.proxy.url) if self.proxy else None,
+                proxy_auth=aiohttp.BasicAuth(*self.proxy.auth) if self.proxy and self.proxy.auth else None,
+                proxy_headers=self.proxy.headers if self.proxy else None,
+            ).__aenter__()
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if reply.reason:
+            extensions["reason_phrase"] = reply.reason.encode()
+        limit = request.extensions.get(READ_LIMIT)
+        if limit is None or reply.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+            return httpx.Response(reply.status, headers=reply.raw_headers, stream=AiohttpResponseStream(reply),
+                                  request=request, extensions=extensions)
+        try:
+            with map_aiohttp_exceptions():
+                declared = reply.content_length
+                if declared is not None and declared > limit:
+                    raise ReplyTooLarge(f"reply of {declared} bytes exceeds the {limit}-byte cap")
+                body = bytearray()
+                async for chunk in reply.content.iter_chunked(AiohttpResponseStream.CHUNK_SIZE):
+                    if len(body) + len(chunk) > limit:
+                        raise ReplyTooLarge(f"reply exceeds the {limit}-byte cap")
+                    body += chunk
+        except BaseException:  # cut short (too large, a timeout, a cancel): the connection is not reused
+            reply.close()
+            raise
+        reply.release()
+        headers = [(k, v) for k, v in reply.raw_headers if k.lower() not in (b"content-length", b"transfer-encoding")]
+        extensions[READ_LIMIT] = limit
+        return httpx.Response(reply.status, headers=headers, content=bytes(body), request=request, extensions=extensions)
+
+    def _timeout(self, timeout: dict[str, float | None]) -> aiohttp.ClientTimeout:
+        """httpx's timeouts as aiohttp's, as the parent maps them (one object per distinct set)."""
+        key = (timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
+        found = self._timeouts.get(key)
+        if found is None:
+            found = self._timeouts[key] = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+        return found
 
 
 def default_transport(*, max_connections: int = 100, keepalive: float = 5.0) -> httpx.AsyncBaseTransport:
@@ -415,8 +480,14 @@ class VendorClient:
         # answers), and its cookie extraction alone cost ~9 % of a call's CPU.
         if self._http.is_closed:
             raise RuntimeError("the vendor client is closed")
-        response = await self._http._transport_for_url(request.url).handle_async_request(request)
+        request.extensions[READ_LIMIT] = max_bytes
+        try:
+            response = await self._http._transport_for_url(request.url).handle_async_request(request)
+        except ReplyTooLarge as exc:
+            raise VendorReplyTooLarge(str(exc), **self._where(op)) from None
         response.request = request
+        if response.extensions.get(READ_LIMIT) == max_bytes:
+            return response  # read whole by ``VendorTransport``, under the cap
         try:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from pbxbridge.vendors.errors import VendorDeadlineExceeded, VendorReplyTooLarge, VendorTimeout
 from pbxbridge.vendors.swan import Client, Simulator
@@ -16,6 +17,24 @@ from pbxbridge.vendors.swan import Client, Simulator
 PROBE, PARAMS = "getUserStatus", {"extension": "200"}
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+class PaddedSwan(Simulator):
+    """Answers with its usual reply and 64 KiB of blanks after it; ``chunked``: with no length
+    declared up front."""
+
+    chunked = False
+
+    async def _dispatch(self, op, request: web.Request) -> web.StreamResponse:  # noqa: ANN001
+        response = await super()._dispatch(op, request)
+        body, headers = response.body + b" " * 65536, {"Content-Type": "application/json"}
+        if not self.chunked:
+            return web.Response(status=response.status, body=body, headers=headers)
+        stream = web.StreamResponse(status=response.status, headers=headers)
+        await stream.prepare(request)
+        await stream.write(body)
+        await stream.write_eof()
+        return stream
 
 
 def probes(sim: Simulator) -> list[tuple[str, str]]:
@@ -81,3 +100,18 @@ async def test_deadline_passing_while_waiting_for_the_slot_never_reaches_the_ven
             await slow
     assert info.value.kind == "expired" and not info.value.retryable
     assert probes(sim) == [(PROBE, "ok")]
+
+
+@pytest.mark.parametrize(("chunked", "refusal"), [(False, "reply of \\d+ bytes exceeds"), (True, "reply exceeds")],
+                         ids=["length declared", "chunked"])
+async def test_a_plain_reply_over_the_cap_is_too_large(chunked: bool, refusal: str) -> None:
+    """An uncompressed reply over the cap raises VendorReplyTooLarge, refused by its declared length
+    or stopped as the bytes read pass the cap; under a cap it fits, the same reply is answered."""
+    async with PaddedSwan(activity=False) as sim:
+        sim.chunked = chunked
+        async with Client(sim.account(max_reply_bytes=32 * 1024, timeout=10)) as client:
+            with pytest.raises(VendorReplyTooLarge, match=refusal):
+                await client.call(PROBE, PARAMS)
+        async with Client(sim.account(timeout=10)) as client:
+            assert await client.call(PROBE, PARAMS) is not None
+    assert len(probes(sim)) == 2
