@@ -46,11 +46,11 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Iterator, TextIO, TypeVar
 
 import av
 from av.packet import PacketSideData
@@ -187,11 +187,13 @@ def convert(source: Path, source_format: str, target: str, destination: Path, *,
 def serve_one() -> None:
     """A conversion process (``activities.convert_audio`` starts it before it is needed): load the
     codecs, say ``ready``, convert the one job read from stdin, reply on stdout in JSON, exit.
-    A bug's exception is not replied: the process exits with its traceback on stderr."""
+    A bug's exception is not replied: the process exits with its traceback on stderr. A worker
+    that stopped, or went, before this process answered is no error: it exits quietly."""
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever a library prints goes to stderr, not into the replies
     load_codecs()
-    print("ready", file=replies, flush=True)
+    if not _answer(replies, "ready"):
+        return
     line = sys.stdin.readline()
     if not line:  # the worker stopped, or went, before it needed this process
         return
@@ -201,7 +203,18 @@ def serve_one() -> None:
         reply: dict = {"converted": {**asdict(converted), "path": str(converted.path)}}
     except AudioError as exc:
         reply = {"bad_audio": str(exc)}
-    print(json.dumps(reply), file=replies, flush=True)
+    _answer(replies, json.dumps(reply))
+
+
+def _answer(replies: TextIO, line: str) -> bool:
+    """Write one line to the worker; False if nobody reads the replies any more."""
+    try:
+        print(line, file=replies, flush=True)
+        return True
+    except BrokenPipeError:
+        with suppress(BrokenPipeError):  # what could not be written would be flushed again at exit
+            replies.close()
+        return False
 
 
 def _pcm(src: av.container.InputContainer, in_stream: av.AudioStream, rate: int) -> Iterator[bytes]:

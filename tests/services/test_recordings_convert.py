@@ -15,6 +15,7 @@ import contextlib
 import gc
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -240,6 +241,19 @@ async def test_a_spare_conversion_process_killed_while_idle_fails_no_recording(c
     assert await spare.wait() == -signal.SIGKILL
     converted = await activities.convert_audio(_conversion(call_10min, "mp3", tmp_path / "out.mp3"))
     assert converted.duration_seconds == 600.0
+
+
+def test_a_conversion_process_whose_worker_went_exits_quietly() -> None:
+    """Its replies' reader gone before it says ``ready`` (a worker stopping with a spare started):
+    the conversion process exits 0 without a traceback on stderr."""
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen(activities._CHILD, stdin=subprocess.PIPE, stdout=write_end, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": activities._PROJECT})
+    os.close(write_end)
+    os.close(read_end)  # long before it has loaded the codecs (~0.25 s)
+    _, errors = child.communicate(timeout=60)
+    assert child.returncode == 0
+    assert b"Traceback" not in errors and b"Exception ignored" not in errors, errors.decode(errors="replace")
 
 
 async def test_cancelling_a_conversion_kills_its_process(call_10min: Path, tmp_path: Path) -> None:
