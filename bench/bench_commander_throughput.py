@@ -47,6 +47,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, too
 
+from bench.procstat import cpu_seconds  # noqa: E402
+
 COMMAND = "op.GetQueueRealTime"
 PARAMS = {"queuePath": "ivr2:/5"}
 ACCOUNT = "acme"
@@ -210,15 +212,6 @@ async def direct(client, n: int, in_flight: int) -> tuple[float, list[float]]:  
     return time.perf_counter() - started, latencies
 
 
-def process_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) a process has used so far; None where /proc is not there."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def stats(bus, prefix: str) -> dict:  # noqa: ANN001
     reply = await bus.nc.request(f"{prefix}.bench.stats", b"", timeout=10)
     return json.loads(reply.data)
@@ -261,12 +254,13 @@ async def main(args: argparse.Namespace) -> None:
                 for r in range(args.rounds):
                     _, base = direct_serial = await direct(client, args.serial, 1)
                     _, serial = await sender.many(args.serial, 1)
-                    others = {"nats-server": server.process.pid, "simulator": sim.pid}
-                    before, others_before = await stats(bus, prefix), {k: process_cpu(v) for k, v in others.items()}
+                    # The others' CPU where /proc tells it (Linux).
+                    others = {"nats-server": server.process.pid, "simulator": sim.pid} if Path("/proc/self/stat").exists() else {}
+                    before, others_before = await stats(bus, prefix), {k: cpu_seconds(v) for k, v in others.items()}
                     sender_before = time.process_time()
                     wall, _ = await sender.many(args.commands, args.in_flight)
                     sender_cpu = time.process_time() - sender_before
-                    after, others_after = await stats(bus, prefix), {k: process_cpu(v) for k, v in others.items()}
+                    after, others_after = await stats(bus, prefix), {k: cpu_seconds(v) for k, v in others.items()}
                     direct_before = time.process_time()
                     dwall, _ = await direct(client, args.commands, args.in_flight)
                     direct_cpu = time.process_time() - direct_before
@@ -289,7 +283,7 @@ async def main(args: argparse.Namespace) -> None:
                         # commander only has a core to itself while these leave one free.
                         "sender_cpu_ms_per_cmd": sender_cpu / args.commands * 1e3,
                         **{f"{name}_cpu_ms_per_cmd": (others_after[name] - others_before[name]) / args.commands * 1e3
-                           for name in others if others_before[name] is not None and others_after[name] is not None},
+                           for name in others},
                     }
                     del direct_serial
                     rows.append(row)

@@ -55,9 +55,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout, too
 import nats  # noqa: E402
 import nats.js.errors  # noqa: E402
 
+from bench.procstat import cpu_seconds, rss_mib  # noqa: E402
 from pbxbridge.bus.embedded import EmbeddedNats  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SLICE = 5.0  # seconds per measurement slice
 
 # A Yemot simulator in its own process: prints its URL and credentials, then answers each line
@@ -110,19 +110,6 @@ def write_accounts(path: Path, sims: list[SimProcess], feeds: int, interval: flo
             f'options = {{ poll_interval = {interval}, phone_region = "IL", feeds = ["sms"], login = "direct" }}\n'
         )
     path.write_text("\n".join(lines))
-
-
-def cpu_seconds(pid: int) -> float:
-    # Fields after the command name (which may hold spaces, so split after its closing paren).
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class CpuCap:
