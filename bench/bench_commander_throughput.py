@@ -59,15 +59,18 @@ def _account(sim_url: str, concurrency: int):
 
     sim = Simulator(activity=False)
     sim.url = sim_url
-    return sim.account(ACCOUNT, rate_per_second=1_000_000, max_concurrency=concurrency)
+    # Room above the window: the sender sends its next command when a result arrives, while the
+    # commander still marks that result published and acks it; at exactly the window the next
+    # one finds the account busy and waits command_busy_delay (a deferral, not work).
+    return sim.account(ACCOUNT, rate_per_second=1_000_000, max_concurrency=2 * concurrency)
 
 
 def _settings(nats_url: str, prefix: str, data_dir: str, concurrency: int):
     from pbxbridge.config import Settings
 
-    # The process's bound is twice the in-flight window: one account gets half of it (its share).
+    # One account gets half of the process's bound (its share): twice the window.
     return Settings(_env_file=None, nats_url=nats_url, prefix=prefix, data_dir=Path(data_dir),
-                    command_concurrency=2 * concurrency)
+                    command_concurrency=4 * concurrency)
 
 
 # ---- the simulator process -----------------------------------------------------------

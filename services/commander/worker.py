@@ -20,6 +20,7 @@ from pbxbridge.bus.consumers import COMMANDER as CONSUMER, commander_consumer
 from pbxbridge.bus.infra import ensure_consumers
 from pbxbridge.bus.ledger import Ledger
 from pbxbridge.bus.outcomes import settle
+from pbxbridge.bus.pull import Pull
 from pbxbridge.bus.tokens import KvTokenStore
 from pbxbridge.config import Config, Settings
 from pbxbridge.health import Health, bus_probe, consumers_probe, vendors_probe
@@ -66,24 +67,14 @@ def relax_gc() -> None:
         gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-# Seconds a fetch waits for the first message, as FastStream's pull subscriber did.
-FETCH_WAIT = 1.0
-# Seconds between fetches after one failed for a reason other than an empty stream.
-FETCH_RETRY_PAUSE = 0.5
 # Seconds the commands in flight get to end when the commander stops (FastStream's default).
 GRACEFUL_STOP = 15.0
-
-# A connection closing or being replaced, JetStream unavailable for a moment: try again after a
-# pause, quietly (a fetch that found nothing raises a timeout: fetch again at once).
-_FETCH_AGAIN = (
-    nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.js.errors.ServiceUnavailableError,
-)
 
 
 class CommandConsumer:
     """The commander's pull consumer on the durable ``commander`` (the commands work queue
-    every replica shares), on the bus's own connection: fetch at most as many messages as
-    there are free workers (``command_concurrency``), run each in a task, ack or delay-NAK it
+    every replica shares), on the bus's own connection: pull requests kept open for as many
+    messages as there are free workers (``command_concurrency``; ``Pull``), each run in a task, ack or delay-NAK it
     as the handler decides (``settle``).
 
     nats-py directly, not a FastStream subscriber: FastStream's per-message machinery (two
@@ -92,7 +83,7 @@ class CommandConsumer:
     commander's CPU per command (bench_commander_throughput.py, same run: 0.76-0.88 ms against
     1.39-1.42 ms). What it did for the commander is kept here: a CONSUMER span continuing the
     sender's trace when tracing is on (``tracing.consuming``), quiet retries while the bus is
-    away, and a graceful stop (fetching stops; the commands in flight get ``GRACEFUL_STOP``
+    away, and a graceful stop (pulling stops; the commands in flight get ``GRACEFUL_STOP``
     seconds to end, then are cancelled and come back with their next delivery)."""
 
     def __init__(self, bus: Bus, handler: CommandHandler, settings: Settings) -> None:
@@ -100,25 +91,19 @@ class CommandConsumer:
         self.consumer = commander_consumer(settings)
         self.bound = max(1, settings.command_concurrency)
         self.in_flight: set[asyncio.Task] = set()
-        self._freed = asyncio.Event()
-        self._stopping = False
+        self._pull: Pull | None = None
 
     @contextlib.asynccontextmanager
     async def running(self, *, graceful: float = GRACEFUL_STOP) -> AsyncIterator["CommandConsumer"]:
         read_any_subject()
-        sub = await self.bus.js.pull_subscribe_bind(durable=CONSUMER, stream=self.consumer.stream)
-        pump = asyncio.create_task(self._pump(sub), name="commander-fetch")
+        pull = self._pull = Pull(self.bus.nc, self.consumer.stream, CONSUMER, slots=self.bound, deliver=self._start)
+        await pull.start()
         try:
             yield self
         finally:
-            # The flag as well as the cancel: on Python 3.11 a cancel landing as a fetch's wait
-            # times out comes out as a TimeoutError, which the pump takes for an empty fetch.
-            self._stopping = True
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+            await pull.stop()
             await self._drain(graceful)
-            with contextlib.suppress(Exception):  # the connection may be closing or gone
-                await sub.unsubscribe()
+            await pull.close()
 
     async def _drain(self, graceful: float) -> None:
         if not self.in_flight:
@@ -131,30 +116,14 @@ class CommandConsumer:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _pump(self, sub) -> None:  # noqa: ANN001  (nats-py's PullSubscription)
-        while not self._stopping:
-            while len(self.in_flight) >= self.bound:
-                self._freed.clear()
-                await self._freed.wait()
-            try:
-                messages = await sub.fetch(self.bound - len(self.in_flight), timeout=FETCH_WAIT)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
-            except _FETCH_AGAIN:
-                await asyncio.sleep(FETCH_RETRY_PAUSE)
-                continue
-            except Exception as exc:  # no stream leader, a consumer being recreated...: not fatal
-                log.warning("fetching commands failed (%s: %s); trying again", type(exc).__name__, exc)
-                await asyncio.sleep(FETCH_RETRY_PAUSE)
-                continue
-            for raw in messages:
-                task = asyncio.create_task(self._one(raw))
-                self.in_flight.add(task)
-                task.add_done_callback(self._ended)
+    def _start(self, raw) -> None:  # noqa: ANN001  (nats-py's Msg)
+        task = asyncio.create_task(self._one(raw))
+        self.in_flight.add(task)
+        task.add_done_callback(self._ended)
 
     def _ended(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)
-        self._freed.set()
+        self._pull.release()
 
     async def _one(self, raw) -> None:  # noqa: ANN001  (nats-py's Msg)
         try:
