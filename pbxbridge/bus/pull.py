@@ -70,6 +70,7 @@ class Pull:
         self._inbox = ""
         self._sub = None
         self._watch: asyncio.Task | None = None
+        self._sending: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
         self._heard = 0.0
         self._paused_until = 0.0
         self._stopped = False
@@ -114,7 +115,9 @@ class Pull:
         request = {"batch": free, "expires": int(self.expires * 1e9), "idle_heartbeat": int(self.heartbeat * 1e9)}
         self._open[number] = _Request(free, loop.time() + self.expires + self.heartbeat * LOST_AFTER)
         self.asked += free
-        loop.create_task(self._send(number, json.dumps(request).encode()))
+        sending = loop.create_task(self._send(number, json.dumps(request).encode()))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
 
     async def _send(self, number: str, payload: bytes) -> None:
         try:
