@@ -160,8 +160,7 @@ class Pull:
             if refusal != self._refused:  # once, not every REFUSED_PAUSE while it lasts
                 log.warning("%s refused a pull request (%s); asking again", self._next_subject, refusal)
             self._refused = refusal
-            self._paused_until = loop.time() + REFUSED_PAUSE
-            loop.call_later(REFUSED_PAUSE, self._ask)
+            self._paused_until = loop.time() + REFUSED_PAUSE  # then the watch asks again
         self._ask()
 
     async def _watch_requests(self) -> None:
@@ -171,12 +170,10 @@ class Pull:
         while True:
             await asyncio.sleep(self.heartbeat / 4)
             now = loop.time()
-            if reconnects != self.nc.stats["reconnects"]:  # a new connection: the old one's requests died with it
-                reconnects = self.nc.stats["reconnects"]
+            reconnected, reconnects = reconnects != self.nc.stats["reconnects"], self.nc.stats["reconnects"]
+            # Requests die with the connection they went out on; a waiting one sends heartbeats.
+            if reconnected or (self.asked and now - self._heard > self.heartbeat * LOST_AFTER):
                 self._open.clear()
-                self.asked, self._heard = 0, now
-            elif self.asked and now - self._heard > self.heartbeat * LOST_AFTER:
-                self._open.clear()  # a waiting request would have sent heartbeats: none is left
                 self.asked, self._heard = 0, now
             for number in [n for n, r in self._open.items() if r.until < now]:
                 del self._open[number]  # served in full (no status comes then), or expired

@@ -10,8 +10,6 @@ import logging
 import re
 from collections.abc import AsyncIterator
 
-import nats.errors
-import nats.js.errors
 import nats.protocol.parser
 
 from pbxbridge import tracing
@@ -74,8 +72,8 @@ GRACEFUL_STOP = 15.0
 class CommandConsumer:
     """The commander's pull consumer on the durable ``commander`` (the commands work queue
     every replica shares), on the bus's own connection: pull requests kept open for as many
-    messages as there are free workers (``command_concurrency``; ``Pull``), each run in a task, ack or delay-NAK it
-    as the handler decides (``settle``).
+    messages as there are free workers (``command_concurrency``; ``Pull``), each run in a task,
+    acked or delay-NAKed as the handler decides (``settle``).
 
     nats-py directly, not a FastStream subscriber: FastStream's per-message machinery (two
     anyio tasks, a memory stream and a semaphore per message, its middleware chain, context
