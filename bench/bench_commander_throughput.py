@@ -154,6 +154,63 @@ async def run_commander(nats_url: str, sim_url: str, prefix: str, data_dir: str,
         await serve(config, bus, stop)
 
 
+# ---- the floor process -----------------------------------------------------------------
+
+async def run_floor(nats_url: str, sim_url: str, prefix: str, data_dir: str, concurrency: int) -> None:
+    """The least a commander on this stack does per command, and nothing else: claim the
+    command's ledger key (a compare-and-set create, awaited: at-most-once needs it written
+    before the vendor is called), call the vendor with the same client, publish the result to
+    its stream (awaited: it must be stored before the command is acked), ack. No envelope
+    checks, plan, deadlines, account shares, heartbeats, done record, published mark,
+    telemetry or logging. Each of those is pbxbridge's cost above this floor."""
+    from pbxbridge.bus import open_bus
+    from pbxbridge.bus.infra import ensure_consumers
+    from pbxbridge.bus.consumers import COMMANDER, commander_consumer
+    from pbxbridge.bus.ledger import CasWriter
+    from pbxbridge.bus.pull import Pull
+    from pbxbridge.bus.stream_publisher import StreamPublisher
+    from pbxbridge.vendors import client_for
+    from services.commander.worker import relax_gc
+
+    settings = _settings(nats_url, prefix, data_dir, concurrency)
+    stop = asyncio.Event()
+    async with open_bus(settings, name="bench-floor") as bus, client_for(_account(sim_url, concurrency)) as client:
+        consumer = commander_consumer(settings)
+        await ensure_consumers(bus.js, settings, [consumer])
+        claims = CasWriter.for_bucket(await bus.js.key_value(bus.names.ledger))
+        publisher = StreamPublisher.for_connection(bus.nc)
+        result_subject = bus.subjects.result("yemot", ACCOUNT, COMMAND)
+        operation = client.vendor.operation(COMMAND[3:])
+        tasks: set[asyncio.Task] = set()
+
+        async def one(msg) -> None:  # noqa: ANN001
+            command_id = msg.headers["ce-id"]
+            await claims.write(command_id, b"claimed", 0)
+            reply = await client.call(operation, json.loads(msg.data))
+            await publisher.publish_and_wait(result_subject, reply.model_dump_json().encode(),
+                                             headers={"ce-commandid": command_id}, timeout=5)
+            await msg.ack()
+
+        def start(msg) -> None:  # noqa: ANN001
+            task = asyncio.create_task(one(msg))
+            tasks.add(task)
+            task.add_done_callback(lambda t: (tasks.discard(t), pull.release()))
+
+        pull = Pull(bus.nc, consumer.stream, COMMANDER, slots=4 * concurrency, deliver=start)
+
+        async def stats(msg) -> None:  # noqa: ANN001
+            await msg.respond(json.dumps({"cpu": time.process_time()}).encode())
+
+        await bus.nc.subscribe(f"{prefix}.bench.stats", cb=stats)
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)))
+        relax_gc()
+        await pull.start()
+        await stop.wait()
+        await pull.stop()
+        await pull.close()
+
+
 # ---- the sender ----------------------------------------------------------------------
 
 def pct(values: list[float], p: float) -> float:
@@ -236,27 +293,30 @@ async def main(args: argparse.Namespace) -> None:
         nats_url = await server.start()
         sim = subprocess.Popen([*me, "--sim"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         sim_url = sim.stdout.readline().strip()
-        prefix = "b" + uuid.uuid4().hex[:8]
-        commander = subprocess.Popen(
-            [*me, "--commander", nats_url, sim_url, prefix, tmp, str(args.in_flight)], stdin=subprocess.PIPE, env=env,
-        )
+        prefix, floor_prefix = "b" + uuid.uuid4().hex[:8], "f" + uuid.uuid4().hex[:8]  # streams of their own
+        commander, floor = (subprocess.Popen(
+            [*me, mode, nats_url, sim_url, p, tmp, str(args.in_flight)], stdin=subprocess.PIPE, env=env,
+        ) for mode, p in (("--commander", prefix), ("--floor", floor_prefix)))
         try:
             settings = _settings(nats_url, prefix, tmp, args.in_flight)
-            async with open_bus(settings, name="bench-sender") as bus, client_for(_account(sim_url, args.in_flight)) as client:
-                sender = Sender(bus)
-                await sender.start()
-                for _ in range(100):  # until the commander is up
-                    try:
-                        await stats(bus, prefix)
-                        break
-                    except Exception:
-                        await asyncio.sleep(0.2)
-                await sender.many(300, args.in_flight)  # warm-up: connections, imports, caches
+            async with open_bus(settings, name="bench-sender") as bus, client_for(_account(sim_url, args.in_flight)) as client, \
+                    open_bus(_settings(nats_url, floor_prefix, tmp, args.in_flight), name="bench-floor-sender") as floor_bus:
+                sender, floor_sender = Sender(bus), Sender(floor_bus)
+                for s, b, p in ((sender, bus, prefix), (floor_sender, floor_bus, floor_prefix)):
+                    await s.start()
+                    for _ in range(100):  # until the commander (the floor) is up
+                        try:
+                            await stats(b, p)
+                            break
+                        except Exception:
+                            await asyncio.sleep(0.2)
+                    await s.many(300, args.in_flight)  # warm-up: connections, imports, caches
                 await direct(client, 300, args.in_flight)
                 rows = []
                 for r in range(args.rounds):
                     _, base = direct_serial = await direct(client, args.serial, 1)
                     _, serial = await sender.many(args.serial, 1)
+                    _, floor_serial = await floor_sender.many(args.serial, 1)
                     # The others' CPU where /proc tells it (Linux).
                     others = {"nats-server": server.process.pid, "simulator": sim.pid} if Path("/proc/self/stat").exists() else {}
                     before, others_before = await stats(bus, prefix), {k: cpu_seconds(v) for k, v in others.items()}
@@ -267,6 +327,9 @@ async def main(args: argparse.Namespace) -> None:
                     direct_before = time.process_time()
                     dwall, _ = await direct(client, args.commands, args.in_flight)
                     direct_cpu = time.process_time() - direct_before
+                    floor_before = await stats(floor_bus, floor_prefix)
+                    floor_wall, _ = await floor_sender.many(args.commands, args.in_flight)
+                    floor_after = await stats(floor_bus, floor_prefix)
                     kv = Counter(after["kv"])
                     kv.subtract(before["kv"])
                     row = {
@@ -282,6 +345,9 @@ async def main(args: argparse.Namespace) -> None:
                         "cpu_ms_per_cmd": (after["cpu"] - before["cpu"]) / args.commands * 1e3,
                         "sys_ms_per_cmd": (after["sys"] - before["sys"]) / args.commands * 1e3,
                         "gc_ms_per_cmd": (after["gc"] - before["gc"]) / args.commands * 1e3,
+                        "floor_per_s": args.commands / floor_wall,
+                        "floor_overhead_p50_ms": (pct(floor_serial, 50) - pct(base, 50)) * 1e3,
+                        "floor_cpu_ms_per_cmd": (floor_after["cpu"] - floor_before["cpu"]) / args.commands * 1e3,
                         # What the rest of the bench costs per command: on a 2-core machine the
                         # commander only has a core to itself while these leave one free.
                         "sender_cpu_ms_per_cmd": sender_cpu / args.commands * 1e3,
@@ -293,9 +359,9 @@ async def main(args: argparse.Namespace) -> None:
                     print(f"round {r + 1}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                                            for k, v in row.items()}), flush=True)
         finally:
-            for proc in (commander, sim):
+            for proc in (commander, floor, sim):
                 proc.stdin.close()
-            for proc in (commander, sim):
+            for proc in (commander, floor, sim):
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
@@ -309,15 +375,23 @@ async def main(args: argparse.Namespace) -> None:
           f"kv_ops/cmd={med['kv_ops_per_cmd']:.2f} {rows[-1]['kv']} cpu/cmd={med['cpu_ms_per_cmd']:.3f} ms")
     # The commander's own ceiling (a core to itself), and the cores the whole bench needs at 2,000/s.
     shares = {("commander" if k == "cpu_ms_per_cmd" else k.removesuffix("_cpu_ms_per_cmd")): med[k] * 2
-              for k in med if k.endswith("cpu_ms_per_cmd")}
+              for k in med if k.endswith("cpu_ms_per_cmd") and not k.startswith("floor")}
     print(f"CEILING commander alone on one core: {1000 / med['cpu_ms_per_cmd']:.0f} commands/s; "
           f"at 2,000 commands/s this bench needs {sum(shares.values()):.2f} cores "
           f"({', '.join(f'{name} {cores:.2f}' for name, cores in shares.items())}) of this machine's {os.cpu_count()}")
+    # The floor: what any commander on this stack spends here (its CPU per command is the least a
+    # command can cost); at 2,000/s a core allows 0.5 ms.
+    print(f"FLOOR bare claim + vendor call + result + ack: {med['floor_cpu_ms_per_cmd']:.3f} ms of CPU a command "
+          f"(of which the vendor client {med['direct_cpu_ms_per_call']:.3f}), {1000 / med['floor_cpu_ms_per_cmd']:.0f} "
+          f"commands/s on a core of its own; the commander costs {med['cpu_ms_per_cmd'] / med['floor_cpu_ms_per_cmd']:.2f}x "
+          f"the floor")
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--sim"]:
         asyncio.run(run_simulator())
+    elif sys.argv[1:2] == ["--floor"]:
+        asyncio.run(run_floor(*sys.argv[2:6], int(sys.argv[6])))
     elif sys.argv[1:2] == ["--commander"]:
         # BENCH_LOOP=uvloop: the commander on uvloop's event loop (what ``faststream run`` picks
         # when uvloop is installed); asyncio's own loop otherwise (``pbxbridge run``).

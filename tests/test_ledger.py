@@ -259,6 +259,16 @@ async def test_mark_published_with_a_stale_revision_reads_again(ledger: Ledger) 
     assert entry.published and again == revision
 
 
+async def test_the_published_mark_changes_nothing_else(ledger: Ledger) -> None:
+    """The mark (written from the done entry's stored bytes) reads back as that entry, published."""
+    claim = await take(ledger, "k.mark")
+    stored = await claim.finish(result=a_result())
+    await ledger.mark_published("k.mark", stored, claim.revision)
+    entry, revision = await ledger.read("k.mark")
+    assert revision == claim.revision + 1
+    assert entry == stored.model_copy(update={"published": True})
+
+
 async def test_a_key_deleted_before_is_claimed_again(ledger: Ledger) -> None:
     """A ledger key deleted by hand (a tombstone in the bucket) is new again: one create claims it,
     as nats-py's kv.create does over a tombstone (the CAS writer falls back to it)."""

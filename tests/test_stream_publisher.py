@@ -111,3 +111,17 @@ async def test_an_ack_that_never_comes_is_a_nats_timeout(bus) -> None:
     await listener.unsubscribe()  # or closing the bus drains it for 30 s
     await asyncio.sleep(0)
     assert not publisher.futures
+
+
+async def test_a_short_timeout_behind_a_long_one_still_runs_out_on_time(bus) -> None:
+    """One timer serves every wait: a 0.2 s wait sent after a 30 s one still ends in about 0.2 s."""
+    subject = f"{bus.settings.prefix}.silent"
+    listener = await bus.nc.subscribe(subject)
+    publisher = StreamPublisher.for_connection(bus.nc)
+    long_wait = asyncio.create_task(publisher.publish_and_wait(subject, b"x", headers={}, timeout=30))
+    await asyncio.sleep(0.05)
+    with pytest.raises(nats.errors.TimeoutError):
+        await asyncio.wait_for(publisher.publish_and_wait(subject, b"y", headers={}, timeout=0.2), 3)
+    assert not long_wait.done()
+    long_wait.cancel()
+    await listener.unsubscribe()

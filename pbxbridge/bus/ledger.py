@@ -138,10 +138,19 @@ class Held:
         return min(max(left, 0.01), MAX_WAIT)
 
 
+# Done entries' bytes kept for their published mark (normally marked a round trip later).
+_KEPT_DONE = 1024
+_UNPUBLISHED_TAIL, _PUBLISHED_TAIL = b'"published":false}', b'"published":true}'
+
+
 class Ledger:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
         self._cas = CasWriter.for_bucket(kv)  # None: every write through nats-py's kv API
+        # (key, revision) -> the done entry written there, unpublished: its published mark is
+        # the same bytes with the last field flipped, not a copy of the entry (and its result)
+        # serialized again.
+        self._done: dict[tuple[str, int], bytes] = {}
 
     async def read(self, key: str) -> tuple[LedgerEntry | None, int | None]:
         """(entry, revision), or (None, None) for a key never seen."""
@@ -156,6 +165,14 @@ class Ledger:
     async def write(self, key: str, entry: LedgerEntry, revision: int | None) -> int:
         """Compare-and-set: create when ``revision`` is None, else update that exact revision."""
         value = entry.__pydantic_serializer__.to_json(entry)
+        written = await self._write_value(key, value, revision)
+        if entry.state == "done" and value.endswith(_UNPUBLISHED_TAIL):
+            if len(self._done) >= _KEPT_DONE:  # marks that never came (a publish failed)
+                del self._done[next(iter(self._done))]
+            self._done[(key, written)] = value
+        return written
+
+    async def _write_value(self, key: str, value: bytes, revision: int | None) -> int:
         if self._cas is not None and self._cas.accepts(key):
             try:
                 return await self._cas.write(key, value, revision)
@@ -226,8 +243,12 @@ class Ledger:
         Given the ``done`` entry and the revision it was stored at (a claim's ending), one
         compare-and-set write, no read; on a conflict (or without them) read and try again."""
         if entry is not None and revision is not None and entry.state == "done" and not entry.published:
+            written = self._done.pop((key, revision), None)
             try:
-                await self.write(key, entry.model_copy(update={"published": True}), revision)
+                if written is not None:
+                    await self._write_value(key, written[:-len(_UNPUBLISHED_TAIL)] + _PUBLISHED_TAIL, revision)
+                else:
+                    await self.write(key, entry.model_copy(update={"published": True}), revision)
                 return
             except LedgerConflict:
                 pass
