@@ -3,7 +3,8 @@
     python bench/bench_commander_throughput.py [--commands 4000] [--serial 300] [--rounds 3] [--in-flight 64]
 
 Processes: an embedded nats-server, a Yemot simulator (``--sim`` mode of this file), a
-commander (``--commander`` mode: ``services.commander.worker.serve``), and this one, the sender.
+commander (``--commander`` mode: ``services.commander.worker.serve``), the floor (``--floor``),
+and this one, the sender.
 Per round the sender:
 
 - calls the simulator directly, one at a time, with the same vendor client the commander uses
@@ -12,7 +13,11 @@ Per round the sender:
   the results subject): overhead = command latency - direct latency, at p50 and p99;
 - sends ``--commands`` commands with ``--in-flight`` outstanding: commands/s;
 - calls the simulator directly with as many in flight: the vendor client's own rate and its CPU
-  per call (this process's CPU time over the phase: the client is the only work in it).
+  per call (this process's CPU time over the phase: the client is the only work in it);
+- sends as many commands, as many in flight, to the floor (``--floor`` mode, its own streams):
+  a bare loop that only claims, calls the vendor, publishes the result and acks, the least a
+  commander on this stack can do per command. Its CPU per command, beside the commander's, says
+  how much of the commander's cost is its own (the ``FLOOR`` line).
 
 The commander counts its ledger KV operations (get/create/update/put/delete on the ledger
 bucket) and reports its process CPU time over a NATS request (``<prefix>.bench.stats``):
