@@ -87,3 +87,21 @@ def test_requests_built_without_merging_are_httpx_requests() -> None:
             assert (ours.method, ours.url, ours.headers.raw, ours.content, ours.extensions) == (
                 httpx_own.method, httpx_own.url, httpx_own.headers.raw, httpx_own.content, httpx_own.extensions)
     assert len(builder._headers) <= RequestBuilder._KEPT  # renewed sessions do not pile up
+
+
+async def test_responses_held_as_read_are_httpx_responses() -> None:
+    """``read_response`` gives what ``httpx.Response(content=...)`` gives, read again or not."""
+    from pbxbridge.vendors.client import FAST_RESPONSES, read_response
+
+    assert FAST_RESPONSES  # the shortcut is in use with this httpx
+    request = httpx.Request("GET", "http://127.0.0.1:8080/api/Op")
+    for headers, body in (([("Content-Type", "application/json; charset=utf-8")], '{"to": "+972 3 é"}'.encode()),
+                          ([("Content-Type", "text/plain")], b""), ([], b"\xff\xfe binary")):
+        ours = read_response(200, headers, body, request, {})
+        httpx_own = httpx.Response(200, headers=headers, content=body, request=request)
+        assert (ours.headers.raw, ours.content, ours.text, ours.encoding, await ours.aread(),
+                [chunk async for chunk in ours.aiter_bytes()]) == (
+            httpx_own.headers.raw, httpx_own.content, httpx_own.text, httpx_own.encoding, await httpx_own.aread(),
+            [chunk async for chunk in httpx_own.aiter_bytes()])
+        if body.startswith(b"{"):
+            assert ours.json() == httpx_own.json()
