@@ -388,8 +388,8 @@ async def main(args: argparse.Namespace) -> None:
     # command can cost); at 2,000/s a core allows 0.5 ms.
     print(f"FLOOR bare claim + vendor call + result + ack: {med['floor_cpu_ms_per_cmd']:.3f} ms of CPU a command "
           f"(of which the vendor client {med['direct_cpu_ms_per_call']:.3f}), {1000 / med['floor_cpu_ms_per_cmd']:.0f} "
-          f"commands/s on a core of its own; the commander costs {med['cpu_ms_per_cmd'] / med['floor_cpu_ms_per_cmd']:.2f}x "
-          f"the floor")
+          f"commands/s on a core of its own, overhead p50 {med['floor_overhead_p50_ms']:.2f} ms; "
+          f"the commander costs {med['cpu_ms_per_cmd'] / med['floor_cpu_ms_per_cmd']:.2f}x the floor")
 
 
 if __name__ == "__main__":

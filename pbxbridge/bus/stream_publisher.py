@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
-from collections import deque
 from typing import Mapping, NamedTuple
 
 import nats.errors
@@ -37,7 +36,7 @@ _WHITESPACE = re.compile(r"\s")
 _checked_keys: set[str] = set()
 
 # Seconds an unanswered ``publish_and_wait`` may outlast its timeout: one timer per publisher
-# looks at the waits this often at most, instead of a timer for each message.
+# looks at the waits this often while there are any, instead of a timer for each message.
 TIMEOUT_SLACK = 0.1
 
 
@@ -95,9 +94,9 @@ class StreamPublisher:
         self.inbox: str | None = None
         self.reply_prefix = b""  # the inbox, encoded: message n's reply subject is <inbox>n
         self._subscribing: asyncio.Lock | None = None
-        # publish_and_wait's acks by timeout: each in the order sent, which is the order they
-        # run out; one timer for them all (``_expire``).
-        self._waits: dict[float, deque[tuple[float, asyncio.Future[Ack]]]] = {}
+        # publish_and_wait's unanswered acks: message number -> when its wait runs out (loop
+        # time). Gone with the ack: nothing outlives its answer (the collector's business).
+        self._due: dict[int, float] = {}
         self._expiry: asyncio.TimerHandle | None = None
 
     @classmethod
@@ -121,6 +120,9 @@ class StreamPublisher:
     async def publish(self, subject: str, body: bytes, *, headers: Mapping[str, str]) -> asyncio.Future[Ack]:
         """Send one message; the future is settled by its ack (or its error). Cancel the future
         to stop waiting for it."""
+        return (await self._send(subject, body, headers))[1]
+
+    async def _send(self, subject: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, asyncio.Future[Ack]]:
         if self.inbox is None:
             await self._subscribe()
         nc = self.nc
@@ -138,7 +140,7 @@ class StreamPublisher:
         number = self.counter
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         self.futures[number] = future
-        future.add_done_callback(lambda _: self.futures.pop(number, None))
+        future.add_done_callback(lambda _: self._forget(number))
         header_block = encode_headers(headers)
         size = len(header_block)
         await nc._send_command(
@@ -149,44 +151,39 @@ class StreamPublisher:
         nc.stats["out_bytes"] += len(body)
         if nc._flush_queue is not None and nc._flush_queue.empty():
             await nc._flush_pending()
-        return future
+        return number, future
+
+    def _forget(self, number: int) -> None:
+        self.futures.pop(number, None)
+        self._due.pop(number, None)
 
     async def publish_and_wait(self, subject: str, body: bytes, *, headers: Mapping[str, str], timeout: float) -> Ack:
         """``publish`` and its ack, as ``js.publish`` gives it: the same errors, and
         ``nats.errors.TimeoutError`` when no ack comes within ``timeout`` seconds."""
-        acked = await self.publish(subject, body, headers=headers)
+        number, acked = await self._send(subject, body, headers)
         # Not asyncio.timeout: its Timeout object and timer per message were ~5 % of the
         # commander's CPU (four of these a command). Up to TIMEOUT_SLACK late instead.
-        loop = asyncio.get_running_loop()
-        due = loop.time() + timeout
-        waits = self._waits.get(timeout)
-        if waits is None:
-            waits = self._waits[timeout] = deque()
-        waits.append((due, acked))
-        if self._expiry is None or self._expiry.when() > due + TIMEOUT_SLACK:
-            self._expire_at(loop, due)
+        if not acked.done():
+            loop = asyncio.get_running_loop()
+            self._due[number] = loop.time() + timeout
+            if self._expiry is None:
+                self._expiry = loop.call_later(TIMEOUT_SLACK, self._expire)
         return await acked
-
-    def _expire_at(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry = loop.call_at(when, self._expire)
 
     def _expire(self) -> None:
         """Fail the waits whose time ran out with nats-py's TimeoutError, as ``js.publish``
-        does; forget the answered ones; look again when the next one is due."""
+        does; look again in TIMEOUT_SLACK while any are left."""
         self._expiry = None
         loop = asyncio.get_running_loop()
-        now, next_due = loop.time(), None
-        for waits in self._waits.values():
-            while waits and (waits[0][0] <= now or waits[0][1].done()):
-                _, acked = waits.popleft()
-                if not acked.done():
+        now = loop.time()
+        for number, due in list(self._due.items()):
+            if due <= now:
+                del self._due[number]
+                acked = self.futures.get(number)
+                if acked is not None and not acked.done():
                     acked.set_exception(nats.errors.TimeoutError())
-            if waits and (next_due is None or waits[0][0] < next_due):
-                next_due = waits[0][0]
-        if next_due is not None:
-            self._expire_at(loop, max(next_due, now + TIMEOUT_SLACK))
+        if self._due:
+            self._expiry = loop.call_later(TIMEOUT_SLACK, self._expire)
 
     async def _on_ack(self, msg: Msg) -> None:
         try:
