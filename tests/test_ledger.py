@@ -269,6 +269,25 @@ async def test_the_published_mark_changes_nothing_else(ledger: Ledger) -> None:
     assert entry == stored.model_copy(update={"published": True})
 
 
+async def test_done_entries_kept_for_their_marks_stay_within_a_byte_budget(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marks that never come (a failed publish) let the oldest kept entries go; an entry let go
+    is still marked, the long way."""
+    import pbxbridge.bus.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "_KEPT_DONE_BYTES", 2_000)
+    ended = []
+    for n in range(12):
+        claim = await take(ledger, f"k.budget{n}")
+        ended.append((f"k.budget{n}", await claim.finish(result=a_result()), claim.revision))
+    assert ledger._done_bytes == sum(map(len, ledger._done.values())) <= 2_000
+    assert len(ledger._done) < 12
+    for key, stored, revision in (ended[0], ended[-1]):  # let go, and still kept
+        await ledger.mark_published(key, stored, revision)
+        assert (await ledger.read(key))[0] == stored.model_copy(update={"published": True})
+
+
 async def test_a_key_deleted_before_is_claimed_again(ledger: Ledger) -> None:
     """A ledger key deleted by hand (a tombstone in the bucket) is new again: one create claims it,
     as nats-py's kv.create does over a tombstone (the CAS writer falls back to it)."""

@@ -138,8 +138,9 @@ class Held:
         return min(max(left, 0.01), MAX_WAIT)
 
 
-# Done entries' bytes kept for their published mark (normally marked a round trip later).
-_KEPT_DONE = 1024
+# Bytes of done entries kept for their published mark, normally written a round trip later;
+# the oldest go first when marks do not come (a publish failed, an ending without a claim).
+_KEPT_DONE_BYTES = 8 * 1024 * 1024
 _UNPUBLISHED_TAIL, _PUBLISHED_TAIL = b'"published":false}', b'"published":true}'
 
 
@@ -151,6 +152,7 @@ class Ledger:
         # the same bytes with the last field flipped, not a copy of the entry (and its result)
         # serialized again.
         self._done: dict[tuple[str, int], bytes] = {}
+        self._done_bytes = 0
 
     async def read(self, key: str) -> tuple[LedgerEntry | None, int | None]:
         """(entry, revision), or (None, None) for a key never seen."""
@@ -167,9 +169,10 @@ class Ledger:
         value = entry.__pydantic_serializer__.to_json(entry)
         written = await self._write_value(key, value, revision)
         if entry.state == "done" and value.endswith(_UNPUBLISHED_TAIL):
-            if len(self._done) >= _KEPT_DONE:  # marks that never came (a publish failed)
-                del self._done[next(iter(self._done))]
             self._done[(key, written)] = value
+            self._done_bytes += len(value)
+            while self._done_bytes > _KEPT_DONE_BYTES:
+                self._done_bytes -= len(self._done.pop(next(iter(self._done))))
         return written
 
     async def _write_value(self, key: str, value: bytes, revision: int | None) -> int:
@@ -244,6 +247,7 @@ class Ledger:
         compare-and-set write, no read; on a conflict (or without them) read and try again."""
         if entry is not None and revision is not None and entry.state == "done" and not entry.published:
             written = self._done.pop((key, revision), None)
+            self._done_bytes -= len(written or b"")
             try:
                 if written is not None:
                     await self._write_value(key, written[:-len(_UNPUBLISHED_TAIL)] + _PUBLISHED_TAIL, revision)

@@ -283,8 +283,8 @@ _NO_BODY = httpx.ByteStream(b"")
 def read_response(status: int, headers: list, body: bytes, request: httpx.Request | None,
                   extensions: dict[str, Any]) -> httpx.Response:
     """``httpx.Response(status, headers=headers, content=body, ...)``, without reading ``body``
-    back through httpx's decoders and chunker and merging its headers again (~8 % of a vendor
-    call's CPU): the response holds ``body`` as read. ``_read_responses_work`` checks the result
+    back through httpx's decoders and chunker and merging its headers again (21-31 -> 5-7 us, 3-4 %
+    of a vendor call's CPU): the response holds ``body`` as read. ``_read_responses_work`` checks the result
     against httpx's own once (``_content`` is httpx's attribute); httpx's path otherwise."""
     if not FAST_RESPONSES:
         return httpx.Response(status, headers=headers, content=body, request=request, extensions=extensions)
