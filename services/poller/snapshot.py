@@ -32,7 +32,7 @@ from typing import Any
 
 from pbxbridge.feeds import EntityChange
 from services.poller.cursor import FencedEntry
-from services.poller.runner import breathe
+from services.poller.breathing import breathe
 
 
 @dataclass

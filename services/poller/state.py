@@ -28,7 +28,8 @@ from pbxbridge.feeds import EntityChange, Observation, StateFeed
 from pbxbridge.vendors.client import VendorClient
 from pbxbridge.vendors.errors import VendorError, VendorRateLimited
 from services.poller.publisher import Outgoing, stored_after
-from services.poller.runner import OK, Meters, Poller, Tuning, _summary, breathe
+from services.poller.breathing import breathe
+from services.poller.runner import OK, Meters, Poller, Tuning, _summary
 from services.poller.snapshot import Pending, Snapshot, SnapshotStore
 
 log = logging.getLogger("pbxbridge.poller")

@@ -162,26 +162,3 @@ async def simulator_process(backlog: int) -> AsyncIterator[Account]:
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()
-
-
-class LoopWatch:
-    """Measures how late the event loop wakes a task that asks to sleep ``tick`` seconds."""
-
-    def __init__(self, tick: float = 0.005) -> None:
-        self.tick, self.longest = tick, 0.0
-        self._task: asyncio.Task | None = None
-
-    async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(self.tick)
-            self.longest = max(self.longest, loop.time() - before - self.tick)
-
-    async def __aenter__(self) -> "LoopWatch":
-        self._task = asyncio.create_task(self._watch())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)

@@ -8,7 +8,8 @@ import logging
 import nats.js.errors
 import pytest
 
-from helpers_poller import LoopWatch, count, running_poller, simulator_process, sms_subject, wait_for
+from bench.loopwatch import LoopWatch
+from helpers_poller import count, running_poller, simulator_process, sms_subject, wait_for
 from pbxbridge.bus import Bus, open_bus
 from pbxbridge.config import Config, Settings
 
@@ -32,8 +33,9 @@ async def test_a_200k_backlog_never_stalls_the_loop_nor_loses_the_lease(
                 assert await _lease_holder(bus) == "replica-a"
     taken = [r.getMessage() for r in caplog.records if "lease taken" in r.getMessage()]
     assert taken == ["yemot/acme/sms: lease taken by replica-a"]
-    print(f"\nlongest event-loop stall over a {BACKLOG}-record backlog: {watch.longest * 1000:.0f} ms")
-    assert watch.longest < 0.1, f"the event loop stalled {watch.longest * 1000:.0f} ms"
+    print(f"\nlongest event-loop stall over a {BACKLOG}-record backlog: {watch.blocked * 1000:.0f} ms "
+          f"({watch.late * 1000:.0f} ms with the OS's own waits)")
+    assert watch.blocked < 0.1, f"the event loop stalled {watch.blocked * 1000:.0f} ms"
 
 
 async def _lease_holder(bus: Bus) -> str | None:

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from helpers_poller import LoopWatch, count, metric_reader, read_all, running_poller, wait_for
+from bench.loopwatch import LoopWatch
+from helpers_poller import count, metric_reader, read_all, running_poller, wait_for
 from pbxbridge.bus import Bus, open_bus
 from pbxbridge.bus.envelope import deterministic_id
 from pbxbridge.config import Account, AccountOptions, Config, Settings
@@ -348,8 +349,9 @@ async def test_a_big_snapshot_never_stalls_the_loop(settings: Settings, bus: Bus
         await wait_for(lambda: _count_is(bus, subjects(bus)[0], 10_000), timeout=60, what="every entity")
         server.entities.update({f"a{i}": {"status": "paused"} for i in range(10_000)})
         await wait_for(lambda: _count_is(bus, subjects(bus)[0], 20_000), timeout=60, what="every change")
-    print(f"\nlongest event-loop stall over 10,000 entities: {watch.longest * 1000:.0f} ms")
-    assert watch.longest < 0.1, f"the event loop stalled {watch.longest * 1000:.0f} ms"
+    print(f"\nlongest event-loop stall over 10,000 entities: {watch.blocked * 1000:.0f} ms "
+          f"({watch.late * 1000:.0f} ms with the OS's own waits)")
+    assert watch.blocked < 0.1, f"the event loop stalled {watch.blocked * 1000:.0f} ms"
 
 
 async def test_the_accounts_feed_interval_paces_the_poller(settings: Settings, bus: Bus, server: SnapshotServer, feed: StateFeed) -> None:
