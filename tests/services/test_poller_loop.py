@@ -3,7 +3,9 @@ in slices, so leases are renewed and every other task keeps running."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 
 import nats.js.errors
 import pytest
@@ -12,6 +14,8 @@ from bench.loopwatch import LoopWatch
 from helpers_poller import count, running_poller, simulator_process, sms_subject, wait_for
 from pbxbridge.bus import Bus, open_bus
 from pbxbridge.config import Config, Settings
+from services.poller import breathing
+from services.poller.publisher import OrderedPublisher, Outgoing
 
 BACKLOG = 200_000
 
@@ -49,3 +53,30 @@ async def _lease_holder(bus: Bus) -> str | None:
 
 async def _count_is(bus: Bus, n: int) -> bool:
     return await count(bus, sms_subject(bus)) == n
+
+
+async def test_a_chunk_of_publishes_hands_the_loop_back(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A publish never waits while the window has room, so ``send`` breathes on its own: other
+    tasks run while 1,000 messages go out (here at every breath: a slice of zero seconds)."""
+    monkeypatch.setattr(breathing.breathe, "slice_seconds", 0.0)
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    async def acked(n: int, seq: int) -> None:
+        pass
+
+    publisher = OrderedPublisher(bus.js, window=10_000, checkpoint_every=10_000, on_acked=acked, connection=bus.nc)
+    messages = [Outgoing(sms_subject(bus), {"Nats-Msg-Id": str(uuid.uuid4())}, b"{}") for _ in range(1000)]
+    other = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    before = turns
+    await publisher.send(messages)
+    during = turns - before
+    other.cancel()
+    assert await publisher.finish() == 0
+    assert during >= 1000 // 128
