@@ -168,7 +168,7 @@ class Ledger:
         """Compare-and-set: create when ``revision`` is None, else update that exact revision."""
         value = entry.__pydantic_serializer__.to_json(entry)
         written = await self._write_value(key, value, revision)
-        if entry.state == "done" and value.endswith(_UNPUBLISHED_TAIL):
+        if entry.result is not None and value.endswith(_UNPUBLISHED_TAIL):  # a result: its mark will come
             self._done[(key, written)] = value
             self._done_bytes += len(value)
             while self._done_bytes > _KEPT_DONE_BYTES:
